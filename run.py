@@ -1,0 +1,24 @@
+"""Craft OPOM masks and test them: ``python run.py method=convex_hull surrogate=arcface``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from opom.resolvers import register
+
+register()
+
+
+@hydra.main(config_path="conf", config_name="run", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    from opom.cli_errors import friendly_errors
+    from opom.pipeline import run
+
+    with friendly_errors():
+        results = run(cfg)
+    # the mean black-box PSR@1, for Hydra sweepers that optimise a returned value
+    blackbox = [r["psr_top1"] for r in results["models"].values() if not r["whitebox"]]
+    return sum(blackbox) / len(blackbox)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Universal sign-step optimisers that craft one mask per identity (pixel budget L-inf eps).
+
+Both follow the authors' code exactly (shared/design/method.md section 3), batched over identities:
+tensors carry a leading identity dimension B and an image dimension N. Images are in [0, 1]; ``eps``
+and ``step`` are given in grey levels (0..255) as in the paper (eps 8, step 1) and converted inside.
+
+- :class:`FIM` — plain feature-iterative method: one universal step ``step * sign(mean_i g_i)``.
+- :class:`DFANetMI` — DFANet dropout in the surrogate plus per-image momentum: each image takes its own
+  sign step and the mask is the MEAN of the per-image offsets.
+
+Random starts are drawn per identity from a generator seeded with ``seed`` (the reference seeds 0 before
+each identity), so an identity's mask does not depend on which identities share its batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from opom.errors import ConfigError
+
+
+@dataclass
+class AttackState:
+    """Per-identity optimisation state of the identities in the current batch."""
+
+    x: torch.Tensor  # clean images (B, N, 3, H, W) in [0, 1]
+    x_adv: torch.Tensor  # current perturbed images, same shape
+    momentum: torch.Tensor | None = None
+    clean_features: torch.Tensor | None = None  # (B, N, D), cached when not recomputed per step
+
+
+def uniform_noise(shape: tuple[int, ...], eps: float, seed: int, device=None) -> torch.Tensor:
+    """U(-eps, eps) of ``shape`` from a CPU generator seeded with ``seed`` (device independent)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return ((torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * eps).float().to(device)
+
+
+@contextlib.contextmanager
+def feature_dropout(model: nn.Module, p: float):
+    """DFANet: apply always-on dropout(p) to the output of each of the model's ``dfanet_sites()``.
+
+    Models without ``dfanet_sites`` get it after every Conv2d. BatchNorm stays in eval mode.
+    """
+    if p <= 0:
+        yield model
+        return
+    inner = getattr(model, "backbone", model)
+    sites = inner.dfanet_sites() if hasattr(inner, "dfanet_sites") else [m for m in inner.modules() if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_hook(lambda _m, _i, out: F.dropout(out, p, training=True)) for m in sites]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class SignAttack:
+    """Shared parts: budget, step, iterations, random start, projection of the mean offset onto the budget."""
+
+    name = "sign"
+    dropout: float = 0.0
+    recompute_clean: bool = False
+
+    def __init__(self, eps: float = 8.0, step: float = 1.0, iterations: int = 16, random_start: bool = True,
+                 seed: int = 0):
+        if eps <= 0:
+            raise ConfigError(f"attack.eps must be > 0 (grey levels, e.g. attack.eps=8), got {eps}")
+        if step <= 0:
+            raise ConfigError(f"attack.step must be > 0 (grey levels, e.g. attack.step=1), got {step}")
+        if iterations < 1:
+            raise ConfigError(f"attack.iterations must be >= 1, got {iterations}")
+        self.eps_levels, self.step_levels = float(eps), float(step)
+        self.eps, self.step = eps / 255.0, step / 255.0
+        self.iterations, self.random_start, self.seed = int(iterations), bool(random_start), int(seed)
+
+    def init_state(self, x: torch.Tensor) -> AttackState:
+        """Start every image of every identity at ``x + U(-eps, eps)`` (the reference does not clip here)."""
+        x_adv = x.clone()
+        if self.random_start:
+            noise = uniform_noise(tuple(x.shape[1:]), self.eps, self.seed, x.device)
+            x_adv = x + noise  # the same per-identity draw for every identity, as the reference
+        return AttackState(x=x, x_adv=x_adv)
+
+    def _project(self, state: AttackState) -> torch.Tensor:
+        delta = (state.x_adv - state.x).mean(dim=1).clamp(-self.eps, self.eps)
+        state.x_adv = (state.x + delta.unsqueeze(1)).clamp(0, 1)
+        return delta
+
+    def update(self, state: AttackState, grad: torch.Tensor) -> torch.Tensor:
+        """One iteration from the loss gradient w.r.t. ``state.x_adv``; returns the masks (B, 3, H, W)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(eps={self.eps_levels}, step={self.step_levels}, iterations={self.iterations})"
+
+
+class FIM(SignAttack):
+    """Feature-iterative method: ``x_adv += step * sign(mean over images of g)``, then project the mean offset."""
+
+    name = "fim"
+
+    def update(self, state, grad):
+        state.x_adv = state.x_adv + self.step * grad.mean(dim=1, keepdim=True).sign()
+        return self._project(state)
+
+
+class DFANetMI(SignAttack):
+    """DFANet + momentum (the transfer-enhanced variant; 100 iterations in the paper).
+
+    The surrogate runs with dropout(``dropout``) after its input conv and both convs of every residual
+    branch; clean features are recomputed through it at every step. Momentum accumulates per image with
+    decay ``decay`` (1 in the reference). ``normalizer='reference'`` divides the gradient by its mean
+    absolute value over images, channels and rows — one scale per pixel column, the reference's quirk;
+    ``normalizer='l1'`` is the standard MI-FGSM per-image L1 normaliser (labelled extension).
+    """
+
+    name = "dfanet_mi"
+    recompute_clean = True
+
+    def __init__(self, eps: float = 8.0, step: float = 1.0, iterations: int = 100, random_start: bool = True,
+                 seed: int = 0, dropout: float = 0.1, decay: float = 1.0, normalizer: str = "reference"):
+        super().__init__(eps, step, iterations, random_start, seed)
+        if normalizer not in ("reference", "l1"):
+            raise ConfigError(f"attack.normalizer must be 'reference' or 'l1', got {normalizer!r}")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"attack.dropout must be in [0, 1), got {dropout}")
+        self.dropout, self.decay, self.normalizer = float(dropout), float(decay), normalizer
+
+    def update(self, state, grad):
+        dims = (1, 2, 3) if self.normalizer == "reference" else (2, 3, 4)
+        scale = grad.abs().mean(dim=dims, keepdim=True).clamp_min(1e-12)
+        g = grad / scale
+        state.momentum = g if state.momentum is None else self.decay * state.momentum + g
+        state.x_adv = state.x_adv + self.step * state.momentum.sign()
+        return self._project(state)
+
+
+ATTACKS: dict[str, type[SignAttack]] = {a.name: a for a in (FIM, DFANetMI)}

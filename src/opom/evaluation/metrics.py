@@ -1,0 +1,51 @@
+"""Pure metric functions of the evaluation protocol (shared/design/method.md section 6)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def apply_mask_uint8(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The reference's protected probe: ``uint8(clip(x + delta, 0, 255))`` with truncation, not rounding.
+
+    images: uint8 (..., 3, H, W); masks: float in [0, 1] image units, broadcastable to images.
+    """
+    x = images.to(torch.float64) + masks.to(torch.float64) * 255.0
+    return x.clamp_(0, 255).floor_().to(torch.uint8)
+
+
+def identification_hits(probes: torch.Tensor, gallery: torch.Tensor, distractors: torch.Tensor,
+                        ks: tuple[int, ...] = (1, 5, 10)) -> tuple[dict[int, torch.Tensor], int]:
+    """Rank-k hits of one-enrolled-image identification with distractors.
+
+    probes, gallery: (I, T, D) embeddings of each identity's T test images (probes possibly protected,
+    gallery clean); distractors: (M, D). For every identity and ordered pair (i, j), i != j, the gallery is
+    {gallery[j]} plus all distractors, ranked by cosine similarity to probes[i]; the pair is a hit at k when
+    gallery[j] is among the top k (ties go to the genuine image). Returns per-identity hit counts
+    ``{k: (I,) long}`` and the number of trials per identity, T * (T - 1).
+    """
+    n_id, t, _ = probes.shape
+    p, g, d = F.normalize(probes.double(), dim=-1), F.normalize(gallery.double(), dim=-1), F.normalize(distractors.double(), dim=-1)
+    genuine = torch.einsum("aid,ajd->aij", p, g)  # (I, T, T)
+    dist_sims = torch.sort(p.reshape(n_id * t, -1) @ d.T, dim=1).values  # (I*T, M) ascending
+    # number of distractors strictly more similar than the genuine image = its rank (0-based)
+    above = dist_sims.shape[1] - torch.searchsorted(dist_sims, genuine.reshape(n_id * t, t), right=True)
+    rank = above.reshape(n_id, t, t)
+    off_diag = ~torch.eye(t, dtype=torch.bool)
+    hits = {k: ((rank < k) & off_diag).sum(dim=(1, 2)) for k in ks}
+    return hits, t * (t - 1)
+
+
+def protection_rates(clean: torch.Tensor, protected: torch.Tensor, distractors: torch.Tensor,
+                     ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Clean top-k accuracy and protection success rate PSR@k = 1 - hits@k / trials.
+
+    clean, protected: (I, T, D) embeddings of clean and protected test images; distractors: (M, D).
+    """
+    clean_hits, trials = identification_hits(clean, clean, distractors, ks)
+    prot_hits, _ = identification_hits(protected, clean, distractors, ks)
+    total = trials * clean.shape[0]
+    out = {f"clean_top{k}": clean_hits[k].sum().item() / total for k in ks}
+    out.update({f"psr_top{k}": 1.0 - prot_hits[k].sum().item() / total for k in ks})
+    return out

@@ -1,0 +1,14 @@
+"""Keep the console for what matters: silence Lightning's start-up chatter and known-harmless warnings."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+
+def quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (".*LeafSpec.*", ".*does not have many workers.*", ".*Total length of .* across ranks is zero.*",
+                    ".*litlogger.*", ".*`training_step` returned `None`.*"):
+        warnings.filterwarnings("ignore", message=pattern)

@@ -1,0 +1,68 @@
+"""The LightningModule that crafts masks: its only learnable parameter is one mask per identity."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from opom.attack import AttackState, SignAttack, feature_dropout, uniform_noise
+from opom.methods import Method
+
+
+class MaskCrafter(L.LightningModule):
+    """Crafts ``masks`` (I, 3, H, W) — one universal L-inf mask per identity — against a frozen surrogate.
+
+    One training step is one attack iteration for one batch of identities (see
+    :class:`~opom.data.protection.IdentityChunks`); the attack is the optimiser, so optimisation is manual.
+    The surrogate stays in eval mode (BatchNorm frozen, identities in a batch independent); an attack with
+    DFANet dropout switches only that dropout on.
+    """
+
+    def __init__(self, surrogate: nn.Module, method: Method, attack: SignAttack, num_identities: int,
+                 image_size: int = 112):
+        super().__init__()
+        self.automatic_optimization = False
+        self.surrogate, self.method, self.attack = surrogate, method, attack
+        for p in self.surrogate.parameters():
+            p.requires_grad_(False)
+        self.masks = nn.Parameter(torch.zeros(num_identities, 3, image_size, image_size))
+        self._state: AttackState | None = None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.surrogate.eval()
+        return self
+
+    def configure_optimizers(self):
+        return None  # the attack in ``training_step`` updates the masks
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        b, n = images.shape[:2]
+        return F.normalize(self.surrogate(images.flatten(0, 1)), dim=1).view(b, n, -1)
+
+    def training_step(self, batch: dict, batch_idx: int):
+        ids, iteration = batch["ids"], int(batch["iteration"])
+        x = batch["images"].to(self.masks.dtype) / 255.0
+        if not self.method.crafts:  # random noise: one draw per identity, seeded by its index
+            noise = torch.stack([uniform_noise(tuple(x.shape[2:]), self.attack.eps, self.attack.seed * 1_000_003 + int(i))
+                                 for i in ids]).to(x)
+            self.masks.data[ids] = noise
+            return None
+        if iteration == 0:
+            self._state = self.attack.init_state(x)
+        state = self._state
+        with torch.enable_grad(), feature_dropout(self.surrogate, self.attack.dropout):
+            if state.clean_features is None or self.attack.recompute_clean:
+                with torch.no_grad():
+                    state.clean_features = self._features(x)
+            x_adv = state.x_adv.detach().requires_grad_(True)
+            losses = self.method.loss(self._features(x_adv), state.clean_features, iteration)
+            (grad,) = torch.autograd.grad(losses.sum(), x_adv)
+        with torch.no_grad():
+            self.masks.data[ids] = self.attack.update(state, grad)
+        self.log("craft/loss", losses.mean(), prog_bar=True, batch_size=len(ids))
+        if iteration == self.attack.iterations - 1:
+            self._state = None
+        return None

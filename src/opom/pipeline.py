@@ -1,0 +1,79 @@
+"""The main job: craft one mask per identity, save it, and test it against held-out face models.
+
+``run(cfg)`` builds every part explicitly from the composed Hydra config and returns the results dict
+(the same content as ``results.json``).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from opom.data.protection import ProtectionDataModule
+from opom.errors import ConfigError
+from opom.evaluation.callbacks import MaskWriter, TransferEvaluation
+from opom.logs import quiet_lightning
+from opom.methods import METHODS
+from opom.models.zoo import build_face_model
+from opom.module import MaskCrafter
+
+log = logging.getLogger("opom")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail fast, before anything heavy, on settings that cannot work."""
+    target = cfg.method.get("_target_", "")
+    if not target.startswith("opom.methods.") or target.rsplit(".", 1)[-1] not in {
+            type_.__name__ for type_ in METHODS.values()}:
+        raise ConfigError(f"unknown method target {target!r}; use method=<{'|'.join(METHODS)}>")
+    if not cfg.blackbox:
+        raise ConfigError("the black-box panel is empty: choose models, e.g. 'blackbox=[resnet_cosface]'")
+    if cfg.identities_per_batch < 1:
+        raise ConfigError(f"identities_per_batch must be >= 1, got {cfg.identities_per_batch}")
+
+
+def plain_config(cfg: DictConfig) -> dict:
+    """The job's resolved config as plain containers, without Hydra's own node."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+            for k in cfg if k != "hydra"}
+
+
+def run(cfg: DictConfig) -> dict:
+    validate(cfg)
+    quiet_lightning()
+    L.seed_everything(cfg.seed, verbose=False)
+    cache_dir = cfg.paths.cache_dir
+    out = Path(cfg.paths.output_dir)
+
+    method = instantiate(cfg.method)
+    attack = instantiate(cfg.attack)
+    dataset = instantiate(cfg.dataset, cache_dir=cache_dir)
+    protection = dataset.protection_set()
+    fr_train = OmegaConf.to_container(cfg.fr_train, resolve=True)
+    build = partial(build_face_model, dataset=dataset, fr_train=fr_train, cache_dir=cache_dir, log=log.info)
+
+    surrogate = build(OmegaConf.to_container(cfg.surrogate, resolve=True))
+    panel = {name: partial(build, OmegaConf.to_container(spec, resolve=True)) for name, spec in cfg.blackbox.items()}
+
+    run_info = {"method": method.name, "attack": attack.name, "surrogate": cfg.surrogate.name, "eps": attack.eps_levels,
+                "config": plain_config(cfg)}
+    evaluation = TransferEvaluation(panel, out, run_info, **cfg.evaluation)
+    callbacks = [MaskWriter(out, run_info), evaluation]
+    callbacks += [instantiate(c) for c in (cfg.get("extra_callbacks") or {}).values()]
+
+    module = MaskCrafter(surrogate, method, attack, protection.num_identities, protection.image_size)
+    iterations = attack.iterations if method.crafts else 1
+    datamodule = ProtectionDataModule(protection, cfg.identities_per_batch, iterations)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = L.Trainer(**cfg.trainer, max_epochs=1, logger=logger, callbacks=callbacks, enable_checkpointing=False)
+    log.info("crafting %d masks: %s, %s, surrogate %s -> %s", protection.num_identities, method, attack,
+             cfg.surrogate.name, out)
+    trainer.fit(module, datamodule=datamodule)
+    if logger and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+        logger.experiment.finish()  # one wandb run per job, also inside a multirun
+    return evaluation.results

@@ -1,0 +1,67 @@
+"""Every option of every config group composes, and its parts instantiate."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+
+from opom.attack import SignAttack
+from opom.data.synthetic import SyntheticFaces
+from opom.methods import Method
+from opom.models.backbones import BACKBONES
+from opom.models.heads import HEADS
+from opom.pipeline import plain_config
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _compose(overrides, tmp_path):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("run", overrides=[*overrides, f"paths.output_dir={tmp_path}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def _check_model_spec(spec):
+    assert spec.backbone in BACKBONES and spec.loss in HEADS
+    assert spec.name and spec.checkpoint is None
+
+
+CASES = [(g, o) for g in ("method", "attack", "dataset", "surrogate", "blackbox", "logger", "fr_train", "experiment")
+         for o in _options(g)]
+
+
+@pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_every_option_composes_and_instantiates(group, option, tmp_path):
+    override = f"blackbox=[{option}]" if group == "blackbox" else f"{group}={option}"
+    cfg = _compose([override], tmp_path)
+    plain_config(cfg)  # every interpolation of the job's config resolves
+    assert isinstance(instantiate(cfg.method), Method)
+    assert isinstance(instantiate(cfg.attack), SignAttack)
+    assert isinstance(instantiate(cfg.dataset, cache_dir=str(tmp_path)), SyntheticFaces)
+    _check_model_spec(cfg.surrogate)
+    for spec in cfg.blackbox.values():
+        _check_model_spec(spec)
+    if group == "logger":
+        logger = instantiate(cfg.logger)
+        assert logger.save_dir == str(tmp_path)
+
+
+def test_default_surrogate_is_not_in_the_default_panel(tmp_path):
+    cfg = _compose([], tmp_path)
+    sur = (cfg.surrogate.backbone, cfg.surrogate.loss, cfg.surrogate.seed)
+    for spec in cfg.blackbox.values():
+        assert (spec.backbone, spec.loss, spec.seed) != sur
+
+
+def test_unknown_method_lists_the_choices(tmp_path):
+    with pytest.raises(MissingConfigException) as err:
+        _compose(["method=convex_hul"], tmp_path)
+    assert "convex_hull" in str(err.value) and "affine_hull" in str(err.value)

@@ -1,0 +1,83 @@
+"""Short end-to-end runs of the main job on a tiny synthetic world, in-process and through the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+
+from opom.cli_errors import friendly_errors
+from opom.masks import load_masks
+from opom.pipeline import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(overrides, out):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("run", overrides=[*overrides, f"paths.output_dir={out}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_main_job_writes_results_masks_and_preview(tiny_overrides, tmp_path):
+    results = run(_cfg([*tiny_overrides, "method=convex_hull", "method.warmup=1", "blackbox=[resnet_cosface]"], tmp_path))
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == results
+    assert (results["method"], results["attack"], results["surrogate"], results["eps"]) == ("convex_hull", "fim", "arcface", 8.0)
+    assert set(results["models"]) == {"arcface", "resnet_cosface"}
+    assert results["models"]["arcface"]["whitebox"] and not results["models"]["resnet_cosface"]["whitebox"]
+    for r in results["models"].values():
+        assert set(r) == {"clean_top1", "clean_top5", "clean_top10", "psr_top1", "psr_top5", "psr_top10", "whitebox"}
+        assert all(0.0 <= r[k] <= 1.0 for k in r if k != "whitebox")
+    masks = load_masks(tmp_path / "masks.safetensors")
+    assert masks.identities == ["synthetic-00000", "synthetic-00001", "synthetic-00002"]
+    assert masks.masks.abs().max() <= 8 / 255 + 1e-7 and masks.masks.abs().max() > 0
+    assert (masks.method, masks.surrogate, masks.eps) == ("convex_hull", "arcface", 8.0)
+    assert (tmp_path / "masks_preview.png").stat().st_size > 0
+    assert (tmp_path / "csv" / "metrics.csv").exists()
+
+
+def test_wandb_logger_runs_offline(tiny_overrides, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    run(_cfg([*tiny_overrides, "method=class_center", "blackbox=[resnet_cosface]", "logger=wandb"], tmp_path))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+
+
+@pytest.mark.parametrize("override,message", [
+    ("attack.eps=0", "attack.eps must be > 0"),
+    ("dataset.images_per_identity=5", "fewer than dataset.mask_images + dataset.test_images"),
+])
+def test_bad_input_is_one_clear_line(tiny_overrides, tmp_path, capsys, override, message):
+    with pytest.raises(SystemExit) as exit_info, friendly_errors():
+        run(_cfg([*tiny_overrides, override], tmp_path))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _cli(args, cwd, tiny):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args, *tiny], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_multirun_writes_a_sweep_summary(tiny_overrides, tmp_path):
+    proc = _cli(["-m", "method=random_noise,class_center", "blackbox=[resnet_cosface]",
+                 f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path, tiny_overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "| random_noise |" in summary and "| class_center |" in summary and "resnet_cosface" in summary
+    methods = sorted(json.loads(p.read_text())["method"] for p in (tmp_path / "sweep").glob("*/results.json"))
+    assert methods == ["class_center", "random_noise"]
+
+
+def test_cli_unknown_method_names_the_choices(tmp_path):
+    proc = _cli(["method=convex_hul"], tmp_path, [])
+    assert proc.returncode != 0
+    assert "convex_hull" in proc.stderr and "Traceback" not in proc.stderr
+

@@ -1,0 +1,42 @@
+import torch
+
+from opom.evaluation.metrics import apply_mask_uint8, identification_hits, protection_rates
+
+
+def _unit(*v):
+    t = torch.tensor(v, dtype=torch.float64)
+    return t / t.norm()
+
+
+def test_uint8_truncation_matches_reference():
+    images = torch.tensor([[[[10, 250, 0, 100]]]], dtype=torch.uint8)  # (1, 1, 1, 4)
+    masks = torch.tensor([0.6, 8.0, -3.0, 0.99]) / 255.0
+    out = apply_mask_uint8(images, masks.view(1, 1, 1, 4))
+    # 10.6 -> 10 (floor, not round), 258 -> 255 (clip), -3 -> 0 (clip), 100.99 -> 100
+    assert out.dtype == torch.uint8
+    assert out.flatten().tolist() == [10, 255, 0, 100]
+
+
+def test_identification_hits_known_ranks():
+    e = torch.eye(4, dtype=torch.float64)
+    gallery = e[:2].unsqueeze(0)  # one identity, clean test images g0 = e0, g1 = e1
+    probes = torch.stack([0.6 * e[1] + 0.8 * e[2], 0.8 * e[0] + 0.6 * e[3]]).unsqueeze(0)
+    # probe 0 vs g1: 0.6, beaten by d0 (0.8) and d1 (0.99) -> rank 2
+    # probe 1 vs g0: 0.8, ties with d3 (ties go to the genuine image) and beats d2 (0.6) -> rank 0
+    distractors = torch.stack([e[2], _unit(0, 1, 1, 0), e[3], e[0]])
+    hits, trials = identification_hits(probes, gallery, distractors, ks=(1, 2, 3))
+    assert trials == 2
+    assert (hits[1].tolist(), hits[2].tolist(), hits[3].tolist()) == ([1], [1], [2])
+
+
+def test_protection_rates_perfect_and_broken():
+    torch.manual_seed(0)
+    n_id, t, d = 4, 3, 16
+    centers = torch.nn.functional.normalize(torch.randn(n_id, 1, d), dim=-1)
+    clean = centers + 0.01 * torch.randn(n_id, t, d)
+    distractors = torch.randn(50, d)
+    same = protection_rates(clean, clean, distractors)
+    assert same["clean_top1"] == 1.0 and same["psr_top1"] == 0.0
+    flipped = protection_rates(clean, -clean, distractors)  # protected probes point away from everyone
+    assert flipped["psr_top1"] == 1.0 and flipped["psr_top10"] == 1.0
+    assert flipped["clean_top1"] == 1.0
