@@ -25,10 +25,12 @@ def _cfg(overrides, out):
 
 
 def test_main_job_writes_results_masks_and_preview(tiny_overrides, tmp_path):
-    results = run(_cfg([*tiny_overrides, "method=convex_hull", "method.warmup=1", "blackbox=[resnet_cosface]"], tmp_path))
+    overrides = [*tiny_overrides, "method=convex_hull", "method.warmup=1", "blackbox=[resnet_cosface]"]
+    results = run(_cfg(overrides, tmp_path))
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == results
-    assert (results["method"], results["attack"], results["surrogate"], results["eps"]) == ("convex_hull", "fim", "arcface", 8.0)
+    described = (results["method"], results["attack"], results["surrogate"], results["eps"])
+    assert described == ("convex_hull", "fim", "arcface", 8.0)
     assert set(results["models"]) == {"arcface", "resnet_cosface"}
     assert results["models"]["arcface"]["whitebox"] and not results["models"]["resnet_cosface"]["whitebox"]
     for r in results["models"].values():

@@ -14,7 +14,8 @@ def test_mask_file_round_trip_is_self_describing(tmp_path):
     back = load_masks(path)
     assert torch.equal(back.masks, masks)
     assert back.identities == ["alice", "bob"]
-    assert (back.surrogate, back.method, back.attack, back.eps, back.image_size) == ("arcface", "convex_hull", "fim", 8.0, 112)
+    described = (back.surrogate, back.method, back.attack, back.eps, back.image_size)
+    assert described == ("arcface", "convex_hull", "fim", 8.0, 112)
     assert back.template == "arcface_112" and len(back.template_points) == 5
     assert back.version and back.extra == {"config": {"seed": 0}}
     assert torch.equal(back.mask_for("bob"), masks[1])

@@ -1,13 +1,12 @@
 import lightning as L
 import pytest
 import torch
+from helpers import TinyNet
 
 from opom.attack import FIM, DFANetMI
 from opom.data.protection import ProtectionDataModule, ProtectionSet
 from opom.methods import METHODS
 from opom.module import MaskCrafter
-
-from test_attack import TinyNet
 
 
 def _protection(n_id=5, n=4, t=2, size=8, seed=0):
@@ -32,8 +31,9 @@ def _craft(protection, method, attack, per_batch, dtype=torch.float64):
 def test_batched_identities_equal_one_at_a_time(method):
     protection = _protection()
     attack = FIM(eps=8, iterations=7)
-    together = _craft(protection, METHODS[method](warmup=2) if method == "convex_hull" else METHODS[method](), attack, 5)
-    alone = _craft(protection, METHODS[method](warmup=2) if method == "convex_hull" else METHODS[method](), attack, 1)
+    make = (lambda: METHODS[method](warmup=2)) if method == "convex_hull" else METHODS[method]
+    together = _craft(protection, make(), attack, 5)
+    alone = _craft(protection, make(), attack, 1)
     assert together.abs().max() > 0
     assert torch.allclose(together, alone, atol=1e-9), (together - alone).abs().max()
 

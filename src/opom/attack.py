@@ -50,7 +50,10 @@ def feature_dropout(model: nn.Module, p: float):
         yield model
         return
     inner = getattr(model, "backbone", model)
-    sites = inner.dfanet_sites() if hasattr(inner, "dfanet_sites") else [m for m in inner.modules() if isinstance(m, nn.Conv2d)]
+    if hasattr(inner, "dfanet_sites"):
+        sites = inner.dfanet_sites()
+    else:
+        sites = [m for m in inner.modules() if isinstance(m, nn.Conv2d)]
     handles = [m.register_forward_hook(lambda _m, _i, out: F.dropout(out, p, training=True)) for m in sites]
     try:
         yield model

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file

@@ -61,7 +61,8 @@ def load_masks(path: str | Path) -> MaskSet:
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
-            raise UserError(f"{str(path)!r} is not an opom mask file (format {meta.get('format')!r}, expected {FORMAT!r})")
+            raise UserError(f"{str(path)!r} is not an opom mask file "
+                            f"(format {meta.get('format')!r}, expected {FORMAT!r})")
         masks = f.get_tensor("masks")
     return MaskSet(masks=masks, identities=json.loads(meta["identities"]), surrogate=meta["surrogate"],
                    method=meta["method"], attack=meta["attack"], eps=float(meta["eps"]),

@@ -108,4 +108,5 @@ class RandomNoise(Method):
         raise RuntimeError("random_noise crafts no mask by optimisation")
 
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (FIUAP, FIUAPPlus, ClassCenter, AffineHull, ConvexHull, RandomNoise)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (FIUAP, FIUAPPlus, ClassCenter, AffineHull, ConvexHull, RandomNoise)}

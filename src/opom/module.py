@@ -46,8 +46,8 @@ class MaskCrafter(L.LightningModule):
         ids, iteration = batch["ids"], int(batch["iteration"])
         x = batch["images"].to(self.masks.dtype) / 255.0
         if not self.method.crafts:  # random noise: one draw per identity, seeded by its index
-            noise = torch.stack([uniform_noise(tuple(x.shape[2:]), self.attack.eps, self.attack.seed * 1_000_003 + int(i))
-                                 for i in ids]).to(x)
+            shape, seed = tuple(x.shape[2:]), self.attack.seed * 1_000_003
+            noise = torch.stack([uniform_noise(shape, self.attack.eps, seed + int(i)) for i in ids]).to(x)
             self.masks.data[ids] = noise
             return None
         if iteration == 0:

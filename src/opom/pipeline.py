@@ -19,7 +19,7 @@ from opom.errors import ConfigError
 from opom.evaluation.callbacks import MaskWriter, TransferEvaluation
 from opom.logs import quiet_lightning
 from opom.methods import METHODS
-from opom.models.zoo import build_face_model
+from opom.models.zoo import build_face_model, prepare_models
 from opom.module import MaskCrafter
 
 log = logging.getLogger("opom")
@@ -57,8 +57,11 @@ def run(cfg: DictConfig) -> dict:
     fr_train = OmegaConf.to_container(cfg.fr_train, resolve=True)
     build = partial(build_face_model, dataset=dataset, fr_train=fr_train, cache_dir=cache_dir, log=log.info)
 
-    surrogate = build(OmegaConf.to_container(cfg.surrogate, resolve=True))
-    panel = {name: partial(build, OmegaConf.to_container(spec, resolve=True)) for name, spec in cfg.blackbox.items()}
+    surrogate_spec = OmegaConf.to_container(cfg.surrogate, resolve=True)
+    panel_specs = {name: OmegaConf.to_container(spec, resolve=True) for name, spec in cfg.blackbox.items()}
+    prepare_models([surrogate_spec, *panel_specs.values()], dataset, fr_train, cache_dir, log=log.info)
+    surrogate = build(surrogate_spec)
+    panel = {name: partial(build, spec) for name, spec in panel_specs.items()}
 
     run_info = {"method": method.name, "attack": attack.name, "surrogate": cfg.surrogate.name, "eps": attack.eps_levels,
                 "config": plain_config(cfg)}

@@ -41,7 +41,7 @@ class ProtectionSet:
 
     @classmethod
     def from_identity_images(cls, images: dict[str, torch.Tensor], mask_images: int, test_images: int,
-                             distractors: torch.Tensor) -> "ProtectionSet":
+                             distractors: torch.Tensor) -> ProtectionSet:
         """Split each identity's images (in order) into ``mask_images`` then ``test_images``.
 
         Raises :class:`DatasetError` naming every identity that has fewer images than asked for.

@@ -49,7 +49,7 @@ class IdentityParams:
     gratings: torch.Tensor  # (K, N_GRATINGS, 7): freq, angle, phase, amplitude, r, g, b weights
     marks: torch.Tensor  # (K, N_MARKS, 4): x, y, radius, darkness
 
-    def __getitem__(self, index) -> "IdentityParams":
+    def __getitem__(self, index) -> IdentityParams:
         return IdentityParams(self.scalars[index], self.gratings[index], self.marks[index])
 
 
@@ -81,7 +81,7 @@ def identity_params(identities: np.ndarray | list[int], seed: int, texture: floa
 def nuisance_params(identities: np.ndarray, images: np.ndarray, seed: int, strength: float = 1.0) -> torch.Tensor:
     """Per-image nuisance draws (deterministic per (identity, image index)); returns (B, 24)."""
     out = np.empty((len(identities), 24))
-    for row, (k, j) in enumerate(zip(identities, images)):
+    for row, (k, j) in enumerate(zip(identities, images, strict=True)):
         out[row] = np.random.default_rng([seed, 2, int(k), int(j)]).random(24)
     return torch.tensor(out, dtype=torch.float32) * strength + (1 - strength) * 0.5
 

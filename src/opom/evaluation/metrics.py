@@ -26,7 +26,7 @@ def identification_hits(probes: torch.Tensor, gallery: torch.Tensor, distractors
     ``{k: (I,) long}`` and the number of trials per identity, T * (T - 1).
     """
     n_id, t, _ = probes.shape
-    p, g, d = F.normalize(probes.double(), dim=-1), F.normalize(gallery.double(), dim=-1), F.normalize(distractors.double(), dim=-1)
+    p, g, d = (F.normalize(e.double(), dim=-1) for e in (probes, gallery, distractors))
     genuine = torch.einsum("aid,ajd->aij", p, g)  # (I, T, T)
     dist_sims = torch.sort(p.reshape(n_id * t, -1) @ d.T, dim=1).values  # (I*T, M) ascending
     # number of distractors strictly more similar than the genuine image = its rank (0-based)

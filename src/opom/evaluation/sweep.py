@@ -38,7 +38,8 @@ def to_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['method']} | {r['attack']} | {r['surrogate']} | {r['eps']:g} | {r['whitebox']:.3f} | "
                      f"{vals} | {r['mean']:.3f} |")
     clean = rows[0]["clean"]
-    lines.append("| *clean top-1 accuracy* | | | | | " + " | ".join(f"{clean.get(m, float('nan')):.3f}" for m in models) + " | |")
+    accuracies = " | ".join(f"{clean.get(m, float('nan')):.3f}" for m in models)
+    lines.append(f"| *clean top-1 accuracy* | | | | | {accuracies} | |")
     return "\n".join(lines)
 
 
@@ -51,7 +52,8 @@ class SweepSummary(Callback):
         if not rows:
             return
         table = to_markdown(rows)
-        (sweep_dir / "summary.md").write_text("PSR@1 (protection success rate at rank 1; higher is better)\n\n" + table + "\n")
+        title = "PSR@1 (protection success rate at rank 1; higher is better)"
+        (sweep_dir / "summary.md").write_text(f"{title}\n\n{table}\n")
         with open(sweep_dir / "summary.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "clean"], extrasaction="ignore")
             writer.writeheader()

@@ -46,7 +46,7 @@ class ResNetS(nn.Module):
         super().__init__()
         w = widths
         self.stem = nn.Sequential(*_conv_bn_prelu(3, w[0], 3, 2, 1), *_conv_bn_prelu(w[0], w[1], 3, 2, 1))
-        self.body = nn.Sequential(*(IRBlock(a, b, 2) for a, b in zip(w[1:-1], w[2:])))
+        self.body = nn.Sequential(*(IRBlock(a, b, 2) for a, b in zip(w[1:-1], w[2:], strict=True)))
         self.head = nn.Sequential(nn.BatchNorm2d(w[-1]), nn.Flatten(), nn.Linear(w[-1] * 7 * 7, embedding_size),
                                   nn.BatchNorm1d(embedding_size))
 

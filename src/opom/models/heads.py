@@ -38,7 +38,8 @@ class MarginHead(nn.Module):
         theta = torch.acos(target)
         margin = torch.cos(self.m1 * theta + self.m2) - self.m3
         # keep the target logit monotonic in theta past pi - m2 (the usual "easy margin" fallback)
-        margin = torch.where(self.m1 * theta + self.m2 < math.pi, margin, target - self.m3 - self.m2 * math.sin(self.m2))
+        fallback = target - self.m3 - self.m2 * math.sin(self.m2)
+        margin = torch.where(self.m1 * theta + self.m2 < math.pi, margin, fallback)
         return self.scale * cos.scatter(1, labels[:, None], margin)
 
 

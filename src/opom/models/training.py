@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from opom.models.backbones import get_backbone
 from opom.logs import quiet_lightning
+from opom.models.backbones import get_backbone
 from opom.models.heads import get_head
 from opom.models.zoo import FaceModel
 
