@@ -17,6 +17,14 @@ def test_uint8_truncation_matches_reference():
     assert out.flatten().tolist() == [10, 255, 0, 100]
 
 
+def test_a_full_budget_mask_moves_pixels_by_exactly_eps():
+    images = torch.full((1, 3, 4, 4), 100, dtype=torch.uint8)
+    for sign in (1, -1):
+        mask = torch.full((3, 4, 4), sign * 8 / 255, dtype=torch.float32)  # not exact in float32
+        out = apply_mask_uint8(images, mask)
+        assert (out.int() - 100).unique().tolist() == [sign * 8]
+
+
 def test_identification_hits_known_ranks():
     e = torch.eye(4, dtype=torch.float64)
     gallery = e[:2].unsqueeze(0)  # one identity, clean test images g0 = e0, g1 = e1

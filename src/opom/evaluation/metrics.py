@@ -10,8 +10,11 @@ def apply_mask_uint8(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """The reference's protected probe: ``uint8(clip(x + delta, 0, 255))`` with truncation, not rounding.
 
     images: uint8 (..., 3, H, W); masks: float in [0, 1] image units, broadcastable to images.
+    The mask is converted to grey levels and rounded to 1e-4 of a level first: a float32 mask of exactly
+    -8/255 is -8.0000005 levels, which truncation would otherwise turn into a 9-level change.
     """
-    x = images.to(torch.float64) + masks.to(torch.float64) * 255.0
+    levels = torch.round(masks.to(torch.float64) * 255.0, decimals=4)
+    x = images.to(torch.float64) + levels
     return x.clamp_(0, 255).floor_().to(torch.uint8)
 
 

@@ -16,7 +16,7 @@ log = logging.getLogger("opom")
 def collect(sweep_dir: Path) -> list[dict]:
     """One row per job: method, attack, surrogate, eps, then PSR@1 per black-box model and their mean."""
     rows = []
-    for path in sorted(Path(sweep_dir).glob("**/results.json")):
+    for path in sorted(Path(sweep_dir).glob("**/results.json"), key=lambda p: p.stat().st_mtime_ns):  # job order
         res = json.loads(path.read_text())
         row = {k: res[k] for k in ("method", "attack", "surrogate", "eps")}
         bb = {n: r for n, r in res["models"].items() if not r["whitebox"]}
