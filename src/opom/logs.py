@@ -10,5 +10,6 @@ def quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (".*LeafSpec.*", ".*does not have many workers.*", ".*Total length of .* across ranks is zero.*",
-                    ".*litlogger.*", ".*`training_step` returned `None`.*"):
+                    ".*litlogger.*", ".*`training_step` returned `None`.*",
+                    ".*`configure_optimizers` returned `None`.*", ".*module\\(s\\) in eval mode.*"):
         warnings.filterwarnings("ignore", message=pattern)
