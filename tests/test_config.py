@@ -11,8 +11,9 @@ from hydra.utils import instantiate
 from opom.attack import SignAttack
 from opom.data.synthetic import SyntheticFaces
 from opom.methods import Method
-from opom.models.backbones import BACKBONES
 from opom.models.heads import HEADS
+from opom.models.training import SMALL_ARCHS
+from opom.models.zoo import ZOO
 from opom.pipeline import plain_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -30,8 +31,9 @@ def _compose(overrides, tmp_path):
 
 
 def _check_model_spec(spec):
-    assert spec.backbone in BACKBONES and spec.loss in HEADS
-    assert spec.name and spec.checkpoint is None
+    assert spec.name and spec.arch in ZOO
+    if spec.arch in SMALL_ARCHS:
+        assert spec.loss in HEADS and spec.checkpoint is None
 
 
 CASES = [(g, o) for g in ("method", "attack", "dataset", "surrogate", "blackbox", "logger", "fr_train", "experiment")
@@ -56,9 +58,9 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
 
 def test_default_surrogate_is_not_in_the_default_panel(tmp_path):
     cfg = _compose([], tmp_path)
-    sur = (cfg.surrogate.backbone, cfg.surrogate.loss, cfg.surrogate.seed)
+    sur = (cfg.surrogate.arch, cfg.surrogate.loss, cfg.surrogate.seed)
     for spec in cfg.blackbox.values():
-        assert (spec.backbone, spec.loss, spec.seed) != sur
+        assert (spec.arch, spec.loss, spec.seed) != sur
 
 
 def test_unknown_method_lists_the_choices(tmp_path):

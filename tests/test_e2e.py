@@ -83,3 +83,22 @@ def test_cli_unknown_method_names_the_choices(tmp_path):
     assert proc.returncode != 0
     assert "convex_hull" in proc.stderr and "Traceback" not in proc.stderr
 
+
+
+@pytest.mark.real
+def test_real_surrogate_and_real_black_box_run_offline(tiny_overrides, tmp_path):
+    pytest.importorskip("onnx2torch", reason="needs the zoo extra: pip install -e '.[zoo]'")
+    pytest.importorskip("dlib", reason="needs the zoo extra: pip install -e '.[zoo]'")
+    results = run(_cfg([*tiny_overrides, "surrogate=sface", "blackbox=[dlib,resnet_cosface]", "method=class_center"],
+                       tmp_path))
+    assert set(results["models"]) == {"sface", "dlib", "resnet_cosface"}
+    assert results["models"]["sface"]["whitebox"] and not results["models"]["dlib"]["whitebox"]
+    assert load_masks(tmp_path / "masks.safetensors").surrogate == "sface"
+
+
+def test_a_black_box_cannot_be_the_surrogate(tiny_overrides, tmp_path, capsys):
+    pytest.importorskip("dlib", reason="needs the zoo extra: pip install -e '.[zoo]'")
+    overrides = [*tiny_overrides, "surrogate=arcface", "surrogate.arch=dlib", "surrogate.name=dlib"]
+    with pytest.raises(SystemExit), friendly_errors():
+        run(_cfg(overrides, tmp_path))
+    assert "black box" in capsys.readouterr().err

@@ -19,7 +19,8 @@ from opom.errors import ConfigError
 from opom.evaluation.callbacks import MaskWriter, TransferEvaluation
 from opom.logs import quiet_lightning
 from opom.methods import METHODS
-from opom.models.zoo import build_face_model, prepare_models
+from opom.models.training import prepare_models
+from opom.models.zoo import build_face_model
 from opom.module import MaskCrafter
 
 log = logging.getLogger("opom")
@@ -61,6 +62,9 @@ def run(cfg: DictConfig) -> dict:
     panel_specs = {name: OmegaConf.to_container(spec, resolve=True) for name, spec in cfg.blackbox.items()}
     prepare_models([surrogate_spec, *panel_specs.values()], dataset, fr_train, cache_dir, log=log.info)
     surrogate = build(surrogate_spec)
+    if not surrogate.differentiable:
+        raise ConfigError(f"surrogate {cfg.surrogate.name!r} is a black box (no gradients): it can only be "
+                          f"evaluated, e.g. 'blackbox=[{cfg.surrogate.name}]'; pick a differentiable surrogate")
     panel = {name: partial(build, spec) for name, spec in panel_specs.items()}
 
     run_info = {"method": method.name, "attack": attack.name, "surrogate": cfg.surrogate.name, "eps": attack.eps_levels,

@@ -231,6 +231,16 @@ def render_images(identities, image_indices, seed: int, texture: float = 1.0, nu
     uniq, inverse = np.unique(identities, return_inverse=True)
     params = identity_params(uniq, seed, texture)
     out = torch.empty((len(identities), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small elementwise ops: one thread is as fast, and never oversubscribes the CPU
+    try:
+        _render_into(out, identities, image_indices, inverse, params, seed, nuisance, noise, batch_size)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _render_into(out, identities, image_indices, inverse, params, seed, nuisance, noise, batch_size) -> None:
     for start in range(0, len(identities), batch_size):
         sl = slice(start, start + batch_size)
         nuis = nuisance_params(identities[sl], image_indices[sl], seed, nuisance)
@@ -238,7 +248,6 @@ def render_images(identities, image_indices, seed: int, texture: float = 1.0, nu
         keys = np.stack([identities[sl], image_indices[sl]], 1)
         img = add_sensor_noise(img, keys, seed, noise)
         out[sl] = (img * 255).round().to(torch.uint8)
-    return out
 
 
 # identity index offsets of the disjoint pools

@@ -12,7 +12,7 @@ from opom.evaluation.metrics import apply_mask_uint8, protection_rates
 @torch.no_grad()
 def embed(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Embeddings (B, D) of uint8 images (B, 3, H, W), in batches."""
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device
     out = [model(images[i:i + batch_size].to(device).float() / 255.0).float().cpu()
            for i in range(0, len(images), batch_size)]
     return torch.cat(out)

