@@ -39,7 +39,7 @@ test-all: $(VENV)/.dev $(PHOTOS)/.done ## run every test tier that this machine 
 	$(PY) -m pytest -q -m "not gpu"
 
 bench: $(VENV)/.dev ## run the benchmarks; results land in experiments/benchmarks/*.md
-	$(PY) experiments/benchmarks/bench_zoo.py
+	$(PY) experiments/benchmarks/bench_zoo.py --out experiments/benchmarks/zoo_throughput.md
 
 lint: $(VENV)/.dev ## ruff
 	$(PY) -m ruff check src tests run.py

@@ -52,8 +52,8 @@ def measure(arch: str, batch: int, repeats: int) -> tuple[float, float | None]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--archs", nargs="*", default=[a for a in ZOO if a != "onnx"])
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("zoo_throughput.md"))
     args = ap.parse_args(argv)

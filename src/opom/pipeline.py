@@ -53,7 +53,7 @@ def run(cfg: DictConfig) -> dict:
 
     method = instantiate(cfg.method)
     attack = instantiate(cfg.attack)
-    dataset = instantiate(cfg.dataset, cache_dir=cache_dir)
+    dataset = instantiate(cfg.dataset)
     protection = dataset.protection_set()
     fr_train = OmegaConf.to_container(cfg.fr_train, resolve=True)
     build = partial(build_face_model, dataset=dataset, fr_train=fr_train, cache_dir=cache_dir, log=log.info)

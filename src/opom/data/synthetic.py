@@ -22,6 +22,8 @@ import torch
 from opom.errors import DatasetError
 
 IMAGE_SIZE = 112
+# bump when a change to the renderer changes the images (it is part of every cache key)
+WORLD_VERSION = 1
 N_GRATINGS = 8
 N_MARKS = 4
 
@@ -283,7 +285,8 @@ class SyntheticFaces:
 
     def training_key(self) -> dict:
         """Everything that determines the training pool (part of every trained model's cache key)."""
-        return {"world": "synthetic", "seed": self.seed, "train_identities": self.train_identities,
+        return {"world": "synthetic", "version": WORLD_VERSION, "seed": self.seed,
+                "train_identities": self.train_identities,
                 "train_images": self.train_images, **self.style}
 
     def training_pool(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,7 +305,8 @@ class SyntheticFaces:
         from opom.data.protection import ProtectionSet
 
         k, n = self.identities, self.images_per_identity
-        key = {"pool": "protect", "seed": self.seed, "identities": k, "images_per_identity": n,
+        key = {"pool": "protect", "version": WORLD_VERSION, "seed": self.seed, "identities": k,
+               "images_per_identity": n,
                "distractors": self.distractors, **self.style}
 
         def build():

@@ -1,0 +1,638 @@
+"""``prepare``: folders of real photos -> aligned face crops plus a manifest of everything that happened.
+
+Input: ``<input>/<identity>/<photos>`` (sub-folders of an identity are walked too), or a flat folder of photos (one
+identity named after the folder). Output: ``<output>/<identity>/<stem>.png`` (``<stem>_<k>.png`` for
+``choose="all"``) and ``<output>/manifest.jsonl``, one JSON line per input file and run, append-only:
+
+- every input file gets an entry, whatever happens to it (see :data:`OUTCOMES`); originals are only ever read;
+- a later entry for the same source supersedes earlier ones (:func:`load_manifest` keeps the latest);
+- a re-run skips files whose entry has the same content (size + mtime, else sha256) and settings and a final
+  outcome (all but ``error``) and whose crops still exist: re-running does no work, and an interrupted run resumes;
+- crops are written atomically (temp file + ``os.replace``) before their entry is appended and flushed.
+
+Source coordinates (boxes, landmarks, transforms) refer to the upright photo, after its EXIF orientation
+(see :mod:`opom.data.photos`). The 2x3 ``transform`` maps those to crop pixels; invert it to paste back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from opom import __version__
+from opom.data.alignment import get_template, warp_to_template
+from opom.data.photos import PhotoError, detection_view, read_photo_bytes, to_full_resolution
+from opom.errors import UserError
+
+PREPARE_VERSION = 1
+MANIFEST_NAME = "manifest.jsonl"
+CHOICES = ("largest", "central", "all")
+OK_OUTCOMES = ("ok", "multiple_faces", "already_aligned")
+OUTCOMES = {
+    "ok": "one face found (or all faces with choose='all'), aligned crop(s) written",
+    "multiple_faces": "several faces found; `choose` picked one, its crop was written (all faces are listed)",
+    "already_aligned": "already an aligned crop (template size, or --aligned): copied, not re-aligned",
+    "no_face": "no face found with a score >= min_score",
+    "too_small": "faces found, but all smaller than min_face_size (shorter box side, source pixels)",
+    "not_an_image": "no decoder recognises the file (a text file named .jpg, an empty file, ...)",
+    "unreadable": "a recognised image that cannot be decoded (truncated, corrupt, permission denied, ...)",
+    "too_large": "over the decompression-bomb pixel limit, or out of memory while decoding",
+    "ignored": "a hidden file (name starting with '.'); not read",
+    "error": "unexpected failure (a bug, or a crashed worker); retried on the next run",
+}
+RETRIED_OUTCOMES = ("error",)
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """Everything that changes the crops: an entry made with other settings is redone."""
+
+    choose: str = "largest"
+    min_face_size: int = 32  # shorter side of the face box, in source pixels
+    min_score: float = 0.9  # MTCNN face probability
+    max_side: int = 1024  # photos are downscaled to this longer side for detection (crops use full resolution)
+    template: str = "arcface_112"
+    aligned: bool = False  # every photo is an aligned crop already
+    border: str = "constant"
+    version: int = PREPARE_VERSION
+
+    def validate(self) -> PrepareSettings:
+        if self.choose not in CHOICES:
+            raise UserError(f"choose must be one of {', '.join(CHOICES)}, got {self.choose!r}")
+        if self.min_face_size < 0:
+            raise UserError(f"min_face_size must be >= 0 pixels, got {self.min_face_size}")
+        if not 0 <= self.min_score <= 1:
+            raise UserError(f"min_score must be a probability in [0, 1], got {self.min_score}")
+        if self.max_side < 64:
+            raise UserError(f"max_side must be at least 64 pixels, got {self.max_side}")
+        if self.border not in ("constant", "replicate"):
+            raise UserError(f"border must be 'constant' or 'replicate', got {self.border!r}")
+        get_template(self.template)
+        return self
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PhotoJob:
+    """One input file: ``relpath`` (posix, relative to the input root) keys its manifest entries."""
+
+    path: str
+    relpath: str
+    identity: str
+    stem: str  # output name without suffix, unique per source within its identity folder unless claimed
+
+
+@dataclass
+class Manifest:
+    """The latest manifest entry of every file of the input, and what this run did."""
+
+    path: Path
+    output_root: Path
+    entries: dict[str, dict]
+    processed: int = 0
+    skipped: int = 0
+    elapsed_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        counts = Counter(e["outcome"] for e in self.entries.values())
+        return {k: counts[k] for k in OUTCOMES if counts[k]} | {k: v for k, v in counts.items() if k not in OUTCOMES}
+
+    def by_outcome(self, *outcomes: str) -> list[dict]:
+        return [e for e in self.entries.values() if e["outcome"] in outcomes]
+
+    def ok(self) -> list[dict]:
+        return self.by_outcome(*OK_OUTCOMES)
+
+    def crops(self) -> list[Path]:
+        return [self.output_root / c["path"] for e in self.ok() for c in e.get("crops", [])]
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in self.counts().items()) or "no files"
+        rate = f", {self.processed / self.elapsed_s:.2f} photos/s" if self.processed and self.elapsed_s > 0 else ""
+        lines = [f"prepare: {len(self.entries)} files -> {len(self.crops())} crops in {self.output_root}",
+                 f"  outcomes: {counts}",
+                 f"  processed {self.processed} now, {self.skipped} already done ({self.elapsed_s:.1f} s{rate})",
+                 f"  manifest: {self.path}"]
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+
+
+def load_manifest(path: str | Path) -> dict[str, dict]:
+    """The latest entry per source ``relpath`` of a manifest; lines cut short by an interruption are skipped."""
+    path = Path(path)
+    latest: dict[str, dict] = {}
+    if not path.exists():
+        return latest
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and "relpath" in entry and "outcome" in entry:
+                latest[entry["relpath"]] = entry
+    return latest
+
+
+def _open_for_append(path: Path):
+    """Open the manifest for appending, first ending a line left unfinished by an interruption."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            unfinished = f.read(1) != b"\n"
+        if unfinished:
+            with open(path, "ab") as f:
+                f.write(b"\n")
+    return open(path, "a", encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------ scanning
+
+
+def scan_photos(input_root: str | Path, exclude: Path | None = None) -> tuple[list[PhotoJob], list[str]]:
+    """Every file under ``<input>/<identity>/``, or of a flat folder (identity = folder name), sorted; and notes.
+
+    Hidden folders are not walked (noted); hidden files are listed (they get an ``ignored`` entry).
+    """
+    root = Path(input_root).expanduser().resolve()
+    if not root.is_dir():
+        raise UserError(f"input folder {str(root)!r} does not exist (expected <input>/<identity>/<photos> "
+                        "or a folder of photos)")
+    notes: list[str] = []
+    children = sorted(root.iterdir())
+    if exclude is not None:
+        children = [c for c in children if c.resolve() != exclude]
+    folders = [c for c in children if c.is_dir() and not c.name.startswith(".")]
+    files = [c for c in children if c.is_file()]
+    hidden = [c.name for c in children if c.is_dir() and c.name.startswith(".")]
+    groups: list[tuple[str, Path, list[Path]]] = []
+    if files:
+        if folders:
+            notes.append(f"{len(files)} files directly in {root} are treated as identity {root.name!r}")
+        groups.append((root.name, root, files))
+    for folder in folders:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder):
+            here = Path(dirpath)
+            keep = []
+            for d in sorted(dirnames):
+                if d.startswith(".") or (exclude is not None and (here / d).resolve() == exclude):
+                    hidden.append(str((here / d).relative_to(root)))
+                else:
+                    keep.append(d)
+            dirnames[:] = keep
+            found += [here / n for n in sorted(filenames) if (here / n).is_file()]
+        groups.append((folder.name, folder, found))
+    if hidden:
+        notes.append(f"not walked (hidden or the output folder): {', '.join(sorted(hidden)[:5])}"
+                     + (" ..." if len(hidden) > 5 else ""))
+    jobs = []
+    for identity, folder, paths in groups:
+        for path in sorted(paths):
+            rel_in_identity = path.relative_to(folder)
+            stem = "_".join(rel_in_identity.parent.parts + (rel_in_identity.stem or rel_in_identity.name,))
+            jobs.append(PhotoJob(str(path), path.relative_to(root).as_posix(), identity, stem))
+    return jobs, notes
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ detection
+
+
+class FaceDetector:
+    """facenet-pytorch's MTCNN (weights ship in the wheel) as ``detect(rgb) -> (boxes, scores, landmarks)``.
+
+    ``boxes`` (N, 4) x0, y0, x1, y1; ``scores`` (N,); ``landmarks`` (N, 5, 2): eyes, nose tip, mouth corners.
+    """
+
+    def __init__(self, device: str = "cpu", min_size: int = 20):
+        from facenet_pytorch import MTCNN
+
+        self.min_size = min_size
+        self.mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_size, post_process=False)
+
+    def detect(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        empty = np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
+        if min(rgb.shape[:2]) < self.min_size:
+            return empty
+        boxes, scores, landmarks = self.mtcnn.detect(rgb, landmarks=True)
+        if boxes is None or len(boxes) == 0:
+            return empty
+        # numpy 2: facenet-pytorch returns object-dtype arrays
+        return (np.asarray(np.asarray(boxes).tolist(), float).reshape(-1, 4),
+                np.asarray(np.asarray(scores).tolist(), float).reshape(-1),
+                np.asarray(np.asarray(landmarks).tolist(), float).reshape(-1, 5, 2))
+
+
+def default_detector(device: str = "cpu") -> FaceDetector:
+    return FaceDetector(device=device)
+
+
+def _choose(boxes: np.ndarray, image_size: tuple[int, int], how: str) -> list[int]:
+    if how == "all":
+        return list(range(len(boxes)))
+    if how == "largest":
+        return [int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))]
+    w, h = image_size  # central: box centre nearest the photo centre
+    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
+    return [int(np.argmin(np.hypot(centres[:, 0] - w / 2, centres[:, 1] - h / 2)))]
+
+
+def _r(values, digits: int):
+    return np.round(np.asarray(values, dtype=np.float64), digits).tolist()
+
+
+def process_photo(job: PhotoJob, settings: PrepareSettings, detector) -> dict:
+    """Read, detect, choose and align one photo. Returns a manifest entry without output paths, plus the crops
+    (``"_crops"``: a list of ``(name suffix, uint8 array, crop record)``) for the caller to write."""
+    start = time.perf_counter()
+    entry: dict = {"relpath": job.relpath, "identity": job.identity, "source": job.path}
+    try:
+        st = os.stat(job.path)
+        entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+        if Path(job.path).name.startswith("."):
+            return entry | {"outcome": "ignored", "reason": "hidden file", "sha256": sha256_file(job.path)}
+        try:
+            with open(job.path, "rb") as f:
+                data = f.read()
+        except OSError as err:
+            return entry | {"outcome": "unreadable", "reason": f"cannot read the file ({err.strerror or err})"}
+        entry["sha256"] = hashlib.sha256(data).hexdigest()
+        try:
+            rgb, info = read_photo_bytes(data, name=job.path)
+        except PhotoError as err:
+            return entry | {"outcome": err.outcome, "reason": err.reason}
+        del data
+        entry["photo"] = {k: v for k, v in info.to_dict().items() if k != "path"}
+        entry.update(_faces(rgb, settings, detector))
+    except Exception as err:  # noqa: BLE001 - one bad file never stops a batch
+        entry |= {"outcome": "error", "reason": f"{type(err).__name__}: {err}",
+                  "traceback": traceback.format_exc(limit=6)}
+    entry["time_s"] = round(time.perf_counter() - start, 4)
+    return entry
+
+
+def _faces(rgb: np.ndarray, settings: PrepareSettings, detector) -> dict:
+    template = get_template(settings.template)
+    h, w = rgb.shape[:2]
+    if settings.aligned or (w, h) == template.size:
+        crop, matrix = rgb, np.array([[1.0, 0, 0], [0, 1.0, 0]])
+        reason = "--aligned" if settings.aligned else f"already {w}x{h}, the template size"
+        if (w, h) != template.size:
+            from PIL import Image
+
+            crop = np.asarray(Image.fromarray(rgb).resize(template.size, Image.BICUBIC, reducing_gap=3.0))
+            matrix = np.array([[template.width / w, 0, 0.5 * template.width / w - 0.5],
+                               [0, template.height / h, 0.5 * template.height / h - 0.5]])
+            reason += f"; resized from {w}x{h}"
+        landmarks = to_full_resolution(template.array(), (template.width / w, template.height / h))
+        record = {"face": None, "landmarks": _r(landmarks, 3), "transform": _r(matrix, 6)}
+        return {"outcome": "already_aligned", "reason": reason, "n_faces": None, "faces": [],
+                "_crops": [("", crop, record)]}
+    small, scale = detection_view(rgb, settings.max_side)
+    boxes, scores, landmarks = detector.detect(small)
+    sx, sy = scale
+    boxes = boxes / np.array([sx, sy, sx, sy]) if len(boxes) else boxes
+    landmarks = to_full_resolution(landmarks, scale) if len(landmarks) else landmarks
+    faces = [{"box": _r(b, 2), "score": round(float(s), 5), "landmarks": _r(p, 3)}
+             for b, s, p in zip(boxes, scores, landmarks, strict=True)]
+    result = {"detect_scale": round(float(sx), 6), "n_detections": len(faces), "faces": faces}
+    good = [i for i, s in enumerate(scores) if s >= settings.min_score]
+    if not good:
+        low = f" ({len(faces)} detections below score {settings.min_score})" if faces else ""
+        return result | {"outcome": "no_face", "n_faces": 0, "reason": f"no face found{low}"}
+    sizes = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    big = [i for i in good if sizes[i] >= settings.min_face_size]
+    result["n_faces"] = len(big)
+    if not big:
+        return result | {"outcome": "too_small", "reason": f"{len(good)} face(s) found, the largest "
+                         f"{max(sizes[i] for i in good):.0f} px < min_face_size {settings.min_face_size} px"}
+    chosen = [big[i] for i in _choose(boxes[big], (w, h), settings.choose)]
+    crops = []
+    for k, i in enumerate(chosen):
+        crop, matrix = warp_to_template(rgb, landmarks[i], template, border=settings.border)
+        suffix = f"_{k}" if settings.choose == "all" else ""
+        crops.append((suffix, crop, {"face": i, "box": faces[i]["box"], "score": faces[i]["score"],
+                                     "landmarks": faces[i]["landmarks"], "transform": _r(matrix, 6)}))
+    several = len(big) > 1 and settings.choose != "all"
+    outcome = "multiple_faces" if several else "ok"
+    reason = f"{len(big)} faces; chose face {chosen[0]} ({settings.choose})" if several else None
+    return result | {"outcome": outcome, "reason": reason, "chosen": chosen, "_crops": crops}
+
+
+# ------------------------------------------------------------------------------------------------ workers
+
+_WORKER: dict = {}
+
+
+def _init_worker(detector_factory: Callable, device: str, threads: int) -> None:
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+
+    torch.set_num_threads(threads)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover
+        pass
+    _WORKER["detector"] = detector_factory(device)
+
+
+def _work(job: PhotoJob, settings: PrepareSettings) -> dict:
+    return process_photo(job, settings, _WORKER["detector"])
+
+
+def _pool(workers: int, detector_factory, device: str) -> ProcessPoolExecutor:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                               initargs=(detector_factory, device, threads))
+
+
+def _run_pool(jobs: list[PhotoJob], settings, workers: int, detector_factory, device: str) -> Iterator[dict]:
+    """Results in completion order. When a worker process dies (a decoder crash, out of memory) the pool is
+    restarted; the jobs it was running are retried one at a time in a one-worker pool afterwards, and a job that
+    kills that one too gets an ``error`` entry."""
+    queue, suspects = deque(jobs), []
+    running: dict[Future, PhotoJob] = {}
+    pool = _pool(workers, detector_factory, device)
+    try:
+        while queue or running:
+            broken = False
+            while queue and len(running) < 4 * workers:
+                job = queue.popleft()
+                try:
+                    running[pool.submit(_work, job, settings)] = job
+                except BrokenProcessPool:
+                    queue.appendleft(job)
+                    broken = True
+                    break
+            if running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job = running.pop(future)
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        suspects.append(job)
+                        broken = True
+                        continue
+                    yield result
+            if broken and not running and queue:
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool = _pool(workers, detector_factory, device)
+        pool.shutdown(wait=True)
+        pool = None
+        for job in suspects:
+            if pool is None:
+                pool = _pool(1, detector_factory, device)
+            try:
+                result = pool.submit(_work, job, settings).result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool = None
+                result = {"relpath": job.relpath, "identity": job.identity, "source": job.path, "outcome": "error",
+                          "reason": "the worker process died on this file (a decoder crash, or out of memory); "
+                                    "retried on the next run"}
+            yield result
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def _atomic_png(path: Path, rgb: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(rgb).save(f, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class _Writer:
+    """Writes crops (resolving name clashes between sources) and appends flushed manifest lines."""
+
+    def __init__(self, output_root: Path, manifest_path: Path, previous: dict[str, dict], settings):
+        self.root, self.previous, self.settings = output_root, previous, settings
+        self.claims: dict[str, str] = {}
+        for relpath, entry in previous.items():
+            for crop in entry.get("crops", []):
+                self.claims[crop["path"].lower()] = relpath
+        self.file = _open_for_append(manifest_path)
+        self.base = {"settings": asdict(settings), "settings_key": settings.key(), "opom_version": __version__}
+
+    def _free(self, relpath: str, names: list[str]) -> bool:
+        return all(self.claims.get(n.lower(), relpath) == relpath for n in names)
+
+    def write(self, job: PhotoJob, result: dict) -> dict:
+        crops = result.pop("_crops", [])
+        entry = {**result, **self.base, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        old = [c["path"] for c in self.previous.get(job.relpath, {}).get("crops", [])]
+        if crops:
+            stem, n = job.stem, 1
+            names = [f"{job.identity}/{stem}{suffix}.png" for suffix, _, _ in crops]
+            while not self._free(job.relpath, names):
+                n += 1
+                names = [f"{job.identity}/{job.stem}-{n}{suffix}.png" for suffix, _, _ in crops]
+            records = []
+            for name, (_, rgb, record) in zip(names, crops, strict=True):
+                _atomic_png(self.root / name, rgb)
+                self.claims[name.lower()] = job.relpath
+                records.append({"path": name, **record})
+            entry["crops"] = records
+        new = {c["path"] for c in entry.get("crops", [])}
+        for name in old:  # crops of an earlier version of this source that this run did not rewrite
+            if name not in new and self.claims.get(name.lower()) == job.relpath:
+                (self.root / name).unlink(missing_ok=True)
+                self.claims.pop(name.lower(), None)
+        self.file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.previous[job.relpath] = entry
+        return entry
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+
+
+def _done(entry: dict | None, job: PhotoJob, key: str, output_root: Path) -> bool:
+    if not entry or entry.get("settings_key") != key or entry.get("outcome") in RETRIED_OUTCOMES:
+        return False
+    if entry.get("sha256") is None:  # the file could not even be read (permissions?): try again
+        return False
+    if not all((output_root / c["path"]).is_file() for c in entry.get("crops", [])):
+        return False
+    try:
+        st = os.stat(job.path)
+    except OSError:
+        return False
+    if entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+        return True
+    return entry.get("size") == st.st_size and entry["sha256"] == sha256_file(job.path)
+
+
+def _auto_workers(n: int) -> int:
+    return max(1, min(os.cpu_count() or 1, 4, n // 8))
+
+
+def prepare(input_root: str | Path, output_root: str | Path, choose: str = "largest", workers: int | None = None,
+            min_face_size: int = 32, max_side: int = 1024, resume: bool = True, aligned: bool = False,
+            min_score: float = 0.9, template: str = "arcface_112", border: str = "constant", device: str = "cpu",
+            progress: bool = True, quiet: bool = False,
+            detector_factory: Callable[[str], object] = default_detector) -> Manifest:
+    """Detect, choose and align the faces of every photo under ``input_root``; crops and manifest go to
+    ``output_root``. Returns the :class:`Manifest` (latest entry of every input file).
+
+    ``choose``: ``largest`` (box area), ``central`` (box centre nearest the photo centre) or ``all``.
+    ``workers``: processes (each with its own detector); 1 runs in this process; None picks 1..4 from the number
+    of photos to do. ``min_face_size``: shorter box side in source pixels. ``max_side``: longer side of the copy
+    that detection sees. ``resume=False`` redoes every file (new entries supersede the old). ``aligned``: every
+    photo is an aligned crop already (copied, resized to the template if needed); without it, photos of exactly
+    the template size are taken as aligned. ``detector_factory(device)`` builds a detector with ``detect(rgb)``
+    (see :class:`FaceDetector`); with workers > 1 it must be picklable (a module-level function).
+    """
+    settings = PrepareSettings(choose=choose, min_face_size=int(min_face_size), min_score=float(min_score),
+                               max_side=int(max_side), template=template, aligned=bool(aligned),
+                               border=border).validate()
+    if workers is not None and workers < 1:
+        raise UserError(f"workers must be >= 1, got {workers}")
+    start = time.perf_counter()
+    output_root = Path(output_root).expanduser().resolve()
+    input_resolved = Path(input_root).expanduser().resolve()
+    if output_root == input_resolved:
+        raise UserError(f"the output folder must differ from the input folder ({str(output_root)!r}): originals "
+                        "are never modified")
+    if input_resolved.is_relative_to(output_root) and input_resolved != output_root:
+        raise UserError(f"the input folder {str(input_resolved)!r} lies inside the output folder; choose another "
+                        "output folder")
+    jobs, notes = scan_photos(input_resolved, exclude=output_root)
+    if not jobs:
+        raise UserError(f"no files under {str(input_resolved)!r} (expected <input>/<identity>/<photos>)")
+    manifest_path = output_root / MANIFEST_NAME
+    previous = load_manifest(manifest_path)
+    key = settings.key()
+    todo = [j for j in jobs if not (resume and _done(previous.get(j.relpath), j, key, output_root))]
+    n_workers = _auto_workers(len(todo)) if workers is None else min(workers, max(1, len(todo)))
+    writer = _Writer(output_root, manifest_path, previous, settings)
+    by_relpath = {j.relpath: j for j in todo}
+    done = 0
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="photo", desc="prepare", disable=not progress or not todo)
+        if n_workers == 1:
+            detector = detector_factory(device) if todo else None
+            results = (process_photo(job, settings, detector) for job in todo)
+        else:
+            results = _run_pool(todo, settings, n_workers, detector_factory, device)
+        try:
+            for result in results:
+                writer.write(by_relpath[result["relpath"]], result)
+                done += 1
+                bar.update(1)
+        finally:
+            results.close()
+            bar.close()
+    except KeyboardInterrupt:
+        print(f"\nprepare: interrupted after {done} of {len(todo)} files; the manifest keeps them: run the same "
+              "command again to resume", file=sys.stderr)
+        raise
+    finally:
+        writer.close()
+    current = {j.relpath: writer.previous[j.relpath] for j in jobs if j.relpath in writer.previous}
+    manifest = Manifest(manifest_path, output_root, current, processed=done, skipped=len(jobs) - len(todo),
+                        elapsed_s=time.perf_counter() - start, notes=notes)
+    if not quiet:
+        print(manifest.summary())
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog="python -m opom.data.prepare",
+                     description="Align the faces of <input>/<identity>/<photos> to 112x112 crops in <output>, "
+                                 "with a manifest (<output>/manifest.jsonl) of every file's outcome. Re-running "
+                                 "skips finished files and resumes an interrupted run.")
+    parser.add_argument("input", help="folder of identity folders of photos (or one folder of photos)")
+    parser.add_argument("output", help="folder for the crops and the manifest (created; must differ from input)")
+    parser.add_argument("--choose", choices=CHOICES, default="largest",
+                        help="which face of a photo: the largest, the most central, or all (default: largest)")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: 1-4 by workload)")
+    parser.add_argument("--aligned", action="store_true", help="the photos are aligned crops: copy, do not align")
+    parser.add_argument("--min-face-size", type=int, default=32, help="smallest face box side in pixels (32)")
+    parser.add_argument("--min-score", type=float, default=0.9, help="smallest MTCNN face probability (0.9)")
+    parser.add_argument("--max-side", type=int, default=1024, help="longer side of the detection copy (1024)")
+    parser.add_argument("--template", default="arcface_112", help="alignment template (default: arcface_112)")
+    parser.add_argument("--border", choices=("constant", "replicate"), default="constant",
+                        help="fill outside the photo: black (constant, as insightface) or edge pixels")
+    parser.add_argument("--device", default="cpu", help="device for MTCNN (cpu, cuda, cuda:1 ...)")
+    parser.add_argument("--no-resume", action="store_true", help="redo every file, even those already done")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        prepare(args.input, args.output, choose=args.choose, workers=args.workers, min_face_size=args.min_face_size,
+                max_side=args.max_side, resume=not args.no_resume, aligned=args.aligned, min_score=args.min_score,
+                template=args.template, border=args.border, device=args.device, progress=not args.no_progress)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
