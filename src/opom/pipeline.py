@@ -20,7 +20,7 @@ from opom.evaluation.callbacks import MaskWriter, TransferEvaluation
 from opom.logs import quiet_lightning
 from opom.methods import METHODS
 from opom.models.training import prepare_models
-from opom.models.zoo import build_face_model
+from opom.models.zoo import build_face_model, preflight
 from opom.module import MaskCrafter
 
 log = logging.getLogger("opom")
@@ -60,6 +60,9 @@ def run(cfg: DictConfig) -> dict:
 
     surrogate_spec = OmegaConf.to_container(cfg.surrogate, resolve=True)
     panel_specs = {name: OmegaConf.to_container(spec, resolve=True) for name, spec in cfg.blackbox.items()}
+    preflight(surrogate_spec, "surrogate")
+    for name, spec in panel_specs.items():
+        preflight(spec, f"blackbox.{name}")
     prepare_models([surrogate_spec, *panel_specs.values()], dataset, fr_train, cache_dir, log=log.info)
     surrogate = build(surrogate_spec)
     if not surrogate.differentiable:

@@ -280,28 +280,32 @@ def process_photo(job: PhotoJob, settings: PrepareSettings, detector) -> dict:
     start = time.perf_counter()
     entry: dict = {"relpath": job.relpath, "identity": job.identity, "source": job.path}
     try:
-        st = os.stat(job.path)
-        entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
-        if Path(job.path).name.startswith("."):
-            return entry | {"outcome": "ignored", "reason": "hidden file", "sha256": sha256_file(job.path)}
-        try:
-            with open(job.path, "rb") as f:
-                data = f.read()
-        except OSError as err:
-            return entry | {"outcome": "unreadable", "reason": f"cannot read the file ({err.strerror or err})"}
-        entry["sha256"] = hashlib.sha256(data).hexdigest()
-        try:
-            rgb, info = read_photo_bytes(data, name=job.path)
-        except PhotoError as err:
-            return entry | {"outcome": err.outcome, "reason": err.reason}
-        del data
-        entry["photo"] = {k: v for k, v in info.to_dict().items() if k != "path"}
-        entry.update(_faces(rgb, settings, detector))
+        entry = _process(job, settings, detector, entry)
     except Exception as err:  # noqa: BLE001 - one bad file never stops a batch
         entry |= {"outcome": "error", "reason": f"{type(err).__name__}: {err}",
                   "traceback": traceback.format_exc(limit=6)}
     entry["time_s"] = round(time.perf_counter() - start, 4)
     return entry
+
+
+def _process(job: PhotoJob, settings: PrepareSettings, detector, entry: dict) -> dict:
+    st = os.stat(job.path)
+    entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+    if Path(job.path).name.startswith("."):
+        return entry | {"outcome": "ignored", "reason": "hidden file", "sha256": sha256_file(job.path)}
+    try:
+        with open(job.path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        return entry | {"outcome": "unreadable", "reason": f"cannot read the file ({err.strerror or err})"}
+    entry["sha256"] = hashlib.sha256(data).hexdigest()
+    try:
+        rgb, info = read_photo_bytes(data, name=job.path)
+    except PhotoError as err:
+        return entry | {"outcome": err.outcome, "reason": err.reason}
+    del data
+    entry["photo"] = {k: v for k, v in info.to_dict().items() if k != "path"}
+    return entry | _faces(rgb, settings, detector)
 
 
 def _faces(rgb: np.ndarray, settings: PrepareSettings, detector) -> dict:

@@ -104,17 +104,18 @@ class ZooEntry:
     weights: str  # where the weights come from, for docs and error messages
     differentiable: bool = True
     make: Callable[[int], nn.Module] | None = None  # embedding size -> untrained network (trainable archs)
+    needs_checkpoint: bool = False  # weights come only from a checkpoint file
 
 
 ZOO: dict[str, ZooEntry] = {}
 
 
 def register(name: str, preprocessing: Preprocessing, weights: str, differentiable: bool = True,
-             make: Callable[[int], nn.Module] | None = None):
+             make: Callable[[int], nn.Module] | None = None, needs_checkpoint: bool = False):
     """Decorator: add a builder to the zoo under ``name``."""
 
     def deco(fn):
-        ZOO[name] = ZooEntry(fn, preprocessing, weights, differentiable, make)
+        ZOO[name] = ZooEntry(fn, preprocessing, weights, differentiable, make, needs_checkpoint)
         return fn
 
     return deco
@@ -127,14 +128,29 @@ def _needs_checkpoint(spec: dict, entry: ZooEntry) -> Path:
     return Path(spec["checkpoint"]).expanduser()
 
 
+def preflight(spec: dict, key: str | None = None) -> None:
+    """Fail fast (before any crafting) on an unknown arch, or weights that are required but missing.
+
+    ``key`` is where the spec lives in the config (e.g. ``blackbox.r50``), for the message.
+    """
+    arch, key = spec.get("arch"), key or spec.get("name")
+    if arch not in ZOO:
+        raise ConfigError(f"unknown model arch {arch!r} for {key!r}; the zoo has {sorted(ZOO)}")
+    checkpoint = spec.get("checkpoint")
+    if ZOO[arch].needs_checkpoint and not checkpoint:
+        raise ConfigError(f"model {key!r} (arch {arch!r}) needs weights: set {key}.checkpoint=/path/to/file "
+                          f"({ZOO[arch].weights})")
+    if checkpoint and not Path(checkpoint).expanduser().exists():
+        raise FileNotFoundError(f"weights of model {spec['name']!r} not found: {checkpoint!r} does not exist "
+                                f"({ZOO[arch].weights})")
+
+
 def build_face_model(spec: dict, dataset=None, fr_train: dict | None = None, cache_dir: str | Path | None = None,
                      log=None) -> FaceModel:
     """Build the model a config entry describes, in eval mode with frozen weights."""
     spec = dict(spec)
-    arch = spec.get("arch")
-    if arch not in ZOO:
-        raise ConfigError(f"unknown model arch {arch!r} for {spec.get('name')!r}; the zoo has {sorted(ZOO)}")
-    entry = ZOO[arch]
+    preflight(spec)
+    entry = ZOO[spec["arch"]]
     overrides = dict(spec.get("preprocessing") or {})
     if "embedding_size" in spec:
         overrides.setdefault("embedding_size", int(spec["embedding_size"]))
@@ -196,7 +212,8 @@ def _dlib(spec: dict, ctx: BuildContext) -> nn.Module:
 
 
 @register("onnx", Preprocessing(), "any ONNX recognition model: set checkpoint=/path/model.onnx and its "
-          "preprocessing (channels, mean, std, input_size, embedding_size); needs pip install 'opom[zoo]'")
+          "preprocessing (channels, mean, std, input_size, embedding_size); needs pip install 'opom[zoo]'",
+          needs_checkpoint=True)
 def _onnx(spec: dict, ctx: BuildContext) -> nn.Module:
     from opom.models.onnx_convert import onnx_to_torch
 
@@ -230,7 +247,8 @@ def _register_iresnets() -> None:
         def make(embedding_size: int, name=name) -> nn.Module:
             return iresnet.IRESNETS[name](num_features=embedding_size)
 
-        register(name, _ARCFACE_TORCH, "insightface arcface_torch backbone.pth (state dict)", make=make)(build)
+        register(name, _ARCFACE_TORCH, "insightface arcface_torch backbone.pth (state dict)", make=make,
+                 needs_checkpoint=True)(build)
 
 
 def _register_irse() -> None:
@@ -242,7 +260,7 @@ def _register_irse() -> None:
             return irse.load_irse(_needs_checkpoint(spec, ZOO[name]))
 
         register(name, _EVOLVE, "face.evoLVe / OPOM Backbone_IR_*.pth (state dict; the DFANet layout loads too)",
-                 make=_fixed_512(ctor, name))(build)
+                 make=_fixed_512(ctor, name), needs_checkpoint=True)(build)
 
 
 _register_iresnets()
@@ -250,7 +268,7 @@ _register_irse()
 
 
 @register("mobilefacenet", _ARCFACE_TORCH, "insightface arcface_torch mbf backbone.pth (state dict)",
-          make=lambda embedding_size: _mbf(embedding_size))
+          make=lambda embedding_size: _mbf(embedding_size), needs_checkpoint=True)
 def _mobilefacenet(spec: dict, ctx: BuildContext) -> nn.Module:
     from opom.models.arch.mobilefacenet import load_mobilefacenet
 
