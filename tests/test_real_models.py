@@ -265,3 +265,18 @@ def test_dequantize_folding_on_a_tiny_graph():
     assert diff < 1e-4
     out.sum().backward()
     assert xt.grad is not None and xt.grad.abs().sum() > 0
+
+
+def test_any_onnx_model_builds_through_the_zoo(tmp_path):
+    from opom.models.zoo import build_face_model
+
+    path = tmp_path / "tiny.onnx"
+    onnx.save(_quantized_graph(), str(path))
+    spec = {"name": "mine", "arch": "onnx", "checkpoint": str(path),
+            "preprocessing": {"input_size": 8, "template": "resize", "mean": 0.0, "std": 255.0, "embedding_size": 5}}
+    model = build_face_model(spec)
+    x = torch.rand(2, 3, 112, 112, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 5)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert grad.abs().sum() > 0
