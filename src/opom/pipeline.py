@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from opom.data.protection import ProtectionDataModule
@@ -53,16 +54,16 @@ def run(cfg: DictConfig) -> dict:
 
     method = instantiate(cfg.method)
     attack = instantiate(cfg.attack)
+    surrogate_spec = OmegaConf.to_container(cfg.surrogate, resolve=True)
+    panel_specs = {name: OmegaConf.to_container(spec, resolve=True) for name, spec in cfg.blackbox.items()}
+    preflight(surrogate_spec, "surrogate")  # weights problems surface before any data is read
+    for name, spec in panel_specs.items():
+        preflight(spec, f"blackbox.{name}")
+
     dataset = instantiate(cfg.dataset)
     protection = dataset.protection_set()
     fr_train = OmegaConf.to_container(cfg.fr_train, resolve=True)
     build = partial(build_face_model, dataset=dataset, fr_train=fr_train, cache_dir=cache_dir, log=log.info)
-
-    surrogate_spec = OmegaConf.to_container(cfg.surrogate, resolve=True)
-    panel_specs = {name: OmegaConf.to_container(spec, resolve=True) for name, spec in cfg.blackbox.items()}
-    preflight(surrogate_spec, "surrogate")
-    for name, spec in panel_specs.items():
-        preflight(spec, f"blackbox.{name}")
     prepare_models([surrogate_spec, *panel_specs.values()], dataset, fr_train, cache_dir, log=log.info)
     surrogate = build(surrogate_spec)
     if not surrogate.differentiable:
@@ -84,6 +85,6 @@ def run(cfg: DictConfig) -> dict:
     log.info("crafting %d masks: %s, %s, surrogate %s -> %s", protection.num_identities, method, attack,
              cfg.surrogate.name, out)
     trainer.fit(module, datamodule=datamodule)
-    if logger and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+    if isinstance(logger, WandbLogger):
         logger.experiment.finish()  # one wandb run per job, also inside a multirun
     return evaluation.results
