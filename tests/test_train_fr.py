@@ -77,3 +77,13 @@ def test_paper_recipes_compose_to_trainable_models(recipe, tmp_path):
     cfg = _cfg([f"fr_recipe={recipe}", "data.root=/data/casia"], tmp_path)
     assert cfg.arch in ZOO and ZOO[cfg.arch].make is not None
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.precision == "16-mixed"
+
+
+@pytest.mark.slow
+def test_two_process_ddp_and_bf16_mixed_precision_on_cpu(face_folder, tmp_path):
+    """The multi-device and mixed-precision paths are Lightning's; this runs them for real on 2 CPU processes."""
+    overrides = [o for o in TINY if not o.startswith("trainer.devices")]
+    exported = train_fr(_cfg([*overrides, f"data.root={face_folder}", "epochs=1", "trainer.devices=2",
+                              "trainer.strategy=ddp_spawn", "trainer.precision=bf16-mixed"], tmp_path))
+    state = load_file(exported["safetensors"])
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
