@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
 
 from opom.errors import DatasetError
 
@@ -30,11 +30,16 @@ def scan_identity_folders(root: str | Path) -> dict[str, list[Path]]:
 
 
 def read_aligned(path: Path, size: int = 112) -> torch.Tensor:
-    """An aligned crop as uint8 RGB (3, size, size); other sizes are resized."""
-    try:
-        image = decode_image(str(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as err:
-        raise DatasetError(f"cannot read image {str(path)!r}: {err}") from err
+    """An aligned crop as uint8 RGB (3, size, size); other sizes are resized.
+
+    Decoded by :func:`opom.data.photos.read_photo` (EXIF orientation, any colour mode; unusable files raise
+    its ``PhotoError``, a :class:`DatasetError`). Embedded colour profiles are not applied, as OpenCV's reader
+    in the reference does not apply them.
+    """
+    from opom.data.photos import read_photo
+
+    rgb, _ = read_photo(path, icc=False)
+    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
     if image.shape[-2:] != (size, size):
         image = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True,
                               align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
