@@ -1,6 +1,13 @@
 import torch
 
-from opom.evaluation.metrics import apply_mask_uint8, identification_hits, protection_rates
+from opom.evaluation.metrics import (
+    apply_mask_uint8,
+    identification_hits,
+    image_quality,
+    protection_rates,
+    tar_at_far,
+    verification_scores,
+)
 
 
 def _unit(*v):
@@ -48,3 +55,28 @@ def test_protection_rates_perfect_and_broken():
     flipped = protection_rates(clean, -clean, distractors)  # protected probes point away from everyone
     assert flipped["psr_top1"] == 1.0 and flipped["psr_top10"] == 1.0
     assert flipped["clean_top1"] == 1.0
+
+
+def test_tar_at_far_on_known_scores():
+    impostor = torch.arange(1000, dtype=torch.float64) / 1000  # 0.000 .. 0.999
+    genuine = torch.tensor([0.5, 0.95, 0.995, 0.9995])
+    out = tar_at_far(genuine, impostor, fars=(1e-1, 1e-2, 1e-3))
+    # FAR 1e-1: 100 impostors (0.900..0.999) may pass -> threshold just above 0.899
+    assert abs(out[0.1][0] - 0.899) < 1e-9 and out[0.1][1] == 0.75
+    assert abs(out[0.01][0] - 0.989) < 1e-9 and out[0.01][1] == 0.5
+    assert abs(out[0.001][0] - 0.998) < 1e-9 and out[0.001][1] == 0.25
+
+
+def test_verification_scores_count_pairs():
+    probes = torch.eye(3).repeat(2, 1).view(2, 3, 3)  # 2 identities x 3 images
+    genuine, impostor = verification_scores(probes, probes, torch.eye(3)[:2])
+    assert genuine.shape == (2 * 3 * 2,) and impostor.shape == (2 * 3 * 2,)
+    assert torch.all(genuine == 0)  # orthogonal images of the same identity
+
+
+def test_image_quality_known_values():
+    clean = torch.full((2, 3, 16, 16), 100, dtype=torch.uint8)
+    same = image_quality(clean, clean)
+    assert same["ssim"] > 0.999 and same["psnr"] > 100
+    shifted = image_quality(clean, clean + 8)  # MSE = (8/255)^2 -> PSNR = 20 log10(255/8)
+    assert abs(shifted["psnr"] - 20 * torch.log10(torch.tensor(255 / 8)).item()) < 1e-6

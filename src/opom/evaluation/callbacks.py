@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 from torch import nn
 
-from opom.evaluation.transfer import evaluate_model
+from opom.evaluation.transfer import evaluate_model, mask_image_quality
 from opom.masks import MaskSet, save_masks, save_preview
 
 log = logging.getLogger("opom")
@@ -45,11 +45,16 @@ class MaskWriter(L.Callback):
 
 
 def format_table(results: dict) -> str:
-    """A Markdown table of one run's results."""
-    lines = ["| model | white-box | clean top-1 | PSR@1 | PSR@5 | PSR@10 |", "|---|---|---|---|---|---|"]
+    """A Markdown table of one run's results (identification, verification at FAR 1e-3, image quality)."""
+    lines = ["| model | white-box | clean top-1 | PSR@1 | PSR@5 | PSR@10 | TAR@FAR1e-3 clean -> protected |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in results["models"].items():
         lines.append(f"| {name} | {'yes' if r['whitebox'] else 'no'} | {r['clean_top1']:.3f} | {r['psr_top1']:.3f} "
-                     f"| {r['psr_top5']:.3f} | {r['psr_top10']:.3f} |")
+                     f"| {r['psr_top5']:.3f} | {r['psr_top10']:.3f} "
+                     f"| {r['tar_clean@far0.001']:.3f} -> {r['tar_protected@far0.001']:.3f} |")
+    quality = results.get("image_quality")
+    if quality:
+        lines.append(f"\nprotected images: PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.4f}")
     return "\n".join(lines)
 
 
@@ -78,9 +83,10 @@ class TransferEvaluation(L.Callback):
             models[name] = self._rates(model, data, masks, whitebox=False)
             del model
         info = {k: v for k, v in self.run_info.items() if k != "config"}
-        self.results = {**info, "models": models}
+        self.results = {**info, "models": models, "image_quality": mask_image_quality(data, masks)}
         write_json_atomic(self.output_dir / "results.json", self.results)
         for logger in trainer.loggers:
-            logger.log_metrics({f"eval/{name}/{k}": float(v) for name, r in models.items() for k, v in r.items()})
+            logger.log_metrics({f"eval/{name}/{k}": float(v) for name, r in models.items() for k, v in r.items()
+                                if isinstance(v, (int, float))})
         log.info("transfer evaluation (%s, %s, surrogate %s, eps %g):\n%s", info["method"], info["attack"],
                  info["surrogate"], info["eps"], format_table(self.results))

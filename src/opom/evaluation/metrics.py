@@ -52,3 +52,46 @@ def protection_rates(clean: torch.Tensor, protected: torch.Tensor, distractors: 
     out = {f"clean_top{k}": clean_hits[k].sum().item() / total for k in ks}
     out.update({f"psr_top{k}": 1.0 - prot_hits[k].sum().item() / total for k in ks})
     return out
+
+
+def tar_at_far(genuine: torch.Tensor, impostor: torch.Tensor,
+               fars: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)) -> dict[float, tuple[float, float]]:
+    """Verification: ``{far: (threshold, TAR)}`` from genuine and impostor similarity scores.
+
+    The threshold is the smallest score that at most ``far`` of the impostor scores reach (``score >= t``
+    counts as a match); TAR is the fraction of genuine scores that reach it. With fewer than ``1 / far``
+    impostor scores the threshold is the highest impostor score plus an epsilon (FAR 0 at that size).
+    """
+    imp = torch.sort(impostor.double().flatten(), descending=True).values
+    gen = genuine.double().flatten()
+    out = {}
+    for far in fars:
+        allowed = int(far * len(imp))  # impostors allowed at or above the threshold
+        threshold = imp[allowed].item() + 1e-12 if allowed < len(imp) else imp[-1].item()
+        out[far] = (threshold, (gen >= threshold).double().mean().item())
+    return out
+
+
+def verification_scores(probes: torch.Tensor, gallery: torch.Tensor,
+                        distractors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine scores of the identification trials read as verification pairs.
+
+    genuine: every ordered pair (i, j), i != j, of an identity's probes and gallery images (I * T * (T-1));
+    impostor: every probe against every distractor (I * T * M).
+    """
+    n_id, t, _ = probes.shape
+    p, g, d = (F.normalize(e.double(), dim=-1) for e in (probes, gallery, distractors))
+    pairs = torch.einsum("aid,ajd->aij", p, g)
+    genuine = pairs[:, ~torch.eye(t, dtype=torch.bool)]
+    impostor = p.reshape(n_id * t, -1) @ d.T
+    return genuine.flatten(), impostor.flatten()
+
+
+def image_quality(clean: torch.Tensor, protected: torch.Tensor) -> dict[str, float]:
+    """PSNR (dB) and SSIM of protected against clean uint8 images (B, 3, H, W), averaged over images."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    x, y = clean.double() / 255.0, protected.double() / 255.0
+    psnr = peak_signal_noise_ratio(y, x, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(y, x, data_range=1.0, reduction="none")
+    return {"psnr": psnr.mean().item(), "ssim": ssim.mean().item()}

@@ -6,7 +6,16 @@ import torch
 from torch import nn
 
 from opom.data.protection import ProtectionSet
-from opom.evaluation.metrics import apply_mask_uint8, protection_rates
+from opom.evaluation.metrics import (
+    apply_mask_uint8,
+    identification_hits,
+    image_quality,
+    protection_rates,
+    tar_at_far,
+    verification_scores,
+)
+
+FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 
 
 @torch.no_grad()
@@ -18,9 +27,25 @@ def embed(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torc
     return torch.cat(out)
 
 
+def verification_rates(clean: torch.Tensor, protected: torch.Tensor, distractors: torch.Tensor,
+                       threshold: float | None = None, fars: tuple[float, ...] = FARS) -> dict[str, float]:
+    """TAR at each FAR for clean and protected probes (thresholds set on the clean impostor scores), and
+    the protection rate at the model's own verification threshold (protected genuine pairs below it)."""
+    genuine, impostor = verification_scores(clean, clean, distractors)
+    protected_genuine, _ = verification_scores(protected, clean, distractors)
+    out = {}
+    for far, (thr, tar) in tar_at_far(genuine, impostor, fars).items():
+        out[f"tar_clean@far{far:g}"] = tar
+        out[f"tar_protected@far{far:g}"] = (protected_genuine >= thr).double().mean().item()
+    if threshold is not None:
+        out["psr_at_threshold"] = (protected_genuine < threshold).double().mean().item()
+    return out
+
+
 def evaluate_model(model: nn.Module, data: ProtectionSet, masks: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
-                   batch_size: int = 256) -> dict[str, float]:
-    """Clean top-k accuracy and PSR@k of ``masks`` (I, 3, H, W) on ``data``'s test images for one model."""
+                   batch_size: int = 256) -> dict:
+    """Identification (clean top-k, PSR@k), verification (TAR@FAR, PSR at the model's threshold) and the
+    per-identity PSR@1 of ``masks`` (I, 3, H, W) on ``data``'s test images for one model."""
     was_training = model.training
     model.eval()
     test = data.test_images
@@ -31,4 +56,16 @@ def evaluate_model(model: nn.Module, data: ProtectionSet, masks: torch.Tensor, k
     prot_e = embed(model, protected, batch_size).view(n_id, t, -1)
     dist_e = embed(model, data.distractors, batch_size)
     model.train(was_training)
-    return protection_rates(clean_e, prot_e, dist_e, ks)
+    out: dict = protection_rates(clean_e, prot_e, dist_e, ks)
+    threshold = getattr(getattr(model, "preprocessing", None), "threshold", None)
+    out.update(verification_rates(clean_e, prot_e, dist_e, threshold))
+    hits, trials = identification_hits(prot_e, clean_e, dist_e, ks=(1,))
+    out["per_identity_psr_top1"] = dict(zip(data.names, (1.0 - hits[1].double() / trials).tolist(), strict=True))
+    return out
+
+
+def mask_image_quality(data: ProtectionSet, masks: torch.Tensor) -> dict[str, float]:
+    """PSNR / SSIM of the protected test images against the clean ones (model independent)."""
+    test = data.test_images
+    protected = apply_mask_uint8(test, masks.detach().cpu()[:, None])
+    return image_quality(test.flatten(0, 1), protected.flatten(0, 1))
