@@ -25,7 +25,8 @@ def _cfg(overrides, out):
 
 
 def test_main_job_writes_results_masks_and_preview(tiny_overrides, tmp_path):
-    overrides = [*tiny_overrides, "method=convex_hull", "method.warmup=1", "blackbox=[resnet_cosface]"]
+    overrides = [*tiny_overrides, "method=convex_hull", "method.warmup=1", "blackbox=[resnet_cosface]",
+                 "evaluation.robustness=[jpeg75,resize0.5,blur1]"]
     results = run(_cfg(overrides, tmp_path))
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == results
@@ -40,6 +41,10 @@ def test_main_job_writes_results_masks_and_preview(tiny_overrides, tmp_path):
         assert len(rates) == 6 + 8 and all(0.0 <= r[k] <= 1.0 for k in rates)
         assert set(r["per_identity_psr_top1"]) == {"synthetic-00000", "synthetic-00001", "synthetic-00002"}
     assert 30 < results["image_quality"]["psnr"] < 60 and 0 < results["image_quality"]["ssim"] < 1
+    for r in results["models"].values():
+        assert set(r["robustness"]) == {"jpeg75", "resize0.5", "blur1"}
+        for rates in r["robustness"].values():
+            assert len(rates) == 6 and all(0.0 <= v <= 1.0 for v in rates.values())
     masks = load_masks(tmp_path / "masks.safetensors")
     assert masks.identities == ["synthetic-00000", "synthetic-00001", "synthetic-00002"]
     assert masks.masks.abs().max() <= 8 / 255 + 1e-7 and masks.masks.abs().max() > 0

@@ -66,13 +66,13 @@ class TransferEvaluation(L.Callback):
     """
 
     def __init__(self, panel: dict[str, Callable[[], nn.Module]], output_dir: str | Path, run_info: dict,
-                 ks: tuple[int, ...] = (1, 5, 10), batch_size: int = 256):
+                 ks: tuple[int, ...] = (1, 5, 10), batch_size: int = 256, robustness: tuple[str, ...] = ()):
         self.panel, self.output_dir, self.run_info = panel, Path(output_dir), run_info
-        self.ks, self.batch_size = tuple(ks), batch_size
+        self.ks, self.batch_size, self.robustness = tuple(ks), batch_size, tuple(robustness)
         self.results: dict | None = None
 
     def _rates(self, model, data, masks, whitebox: bool) -> dict:
-        rates = evaluate_model(model, data, masks, self.ks, self.batch_size)
+        rates = evaluate_model(model, data, masks, self.ks, self.batch_size, self.robustness)
         return {**rates, "whitebox": whitebox}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

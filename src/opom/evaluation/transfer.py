@@ -14,6 +14,7 @@ from opom.evaluation.metrics import (
     tar_at_far,
     verification_scores,
 )
+from opom.evaluation.robustness import apply_transform
 
 FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 
@@ -43,9 +44,13 @@ def verification_rates(clean: torch.Tensor, protected: torch.Tensor, distractors
 
 
 def evaluate_model(model: nn.Module, data: ProtectionSet, masks: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
-                   batch_size: int = 256) -> dict:
+                   batch_size: int = 256, robustness: tuple[str, ...] = ()) -> dict:
     """Identification (clean top-k, PSR@k), verification (TAR@FAR, PSR at the model's threshold) and the
-    per-identity PSR@1 of ``masks`` (I, 3, H, W) on ``data``'s test images for one model."""
+    per-identity PSR@1 of ``masks`` (I, 3, H, W) on ``data``'s test images for one model.
+
+    ``robustness`` names transforms (:mod:`opom.evaluation.robustness`) applied to the probes, clean and
+    protected alike, before identification: ``out["robustness"][name]`` holds clean top-k and PSR@k then.
+    """
     was_training = model.training
     model.eval()
     test = data.test_images
@@ -55,8 +60,20 @@ def evaluate_model(model: nn.Module, data: ProtectionSet, masks: torch.Tensor, k
     clean_e = embed(model, flat, batch_size).view(n_id, t, -1)
     prot_e = embed(model, protected, batch_size).view(n_id, t, -1)
     dist_e = embed(model, data.distractors, batch_size)
-    model.train(was_training)
     out: dict = protection_rates(clean_e, prot_e, dist_e, ks)
+    if robustness:
+        out["robustness"] = {}
+        for name in robustness:
+            clean_t = embed(model, apply_transform(flat, name), batch_size).view(n_id, t, -1)
+            prot_t = embed(model, apply_transform(protected, name), batch_size).view(n_id, t, -1)
+            # probes go through the transform; the gallery stays the clean, untransformed enrolment photos
+            clean_hits, trials = identification_hits(clean_t, clean_e, dist_e, ks)
+            prot_hits, _ = identification_hits(prot_t, clean_e, dist_e, ks)
+            total = trials * n_id
+            out["robustness"][name] = {
+                **{f"clean_top{k}": clean_hits[k].sum().item() / total for k in ks},
+                **{f"psr_top{k}": 1.0 - prot_hits[k].sum().item() / total for k in ks}}
+    model.train(was_training)
     threshold = getattr(getattr(model, "preprocessing", None), "threshold", None)
     out.update(verification_rates(clean_e, prot_e, dist_e, threshold))
     hits, trials = identification_hits(prot_e, clean_e, dist_e, ks=(1,))
