@@ -80,3 +80,15 @@ def test_image_quality_known_values():
     assert same["ssim"] > 0.999 and same["psnr"] > 100
     shifted = image_quality(clean, clean + 8)  # MSE = (8/255)^2 -> PSNR = 20 log10(255/8)
     assert abs(shifted["psnr"] - 20 * torch.log10(torch.tensor(255 / 8)).item()) < 1e-6
+
+
+def test_protection_rates_against_a_separate_gallery():
+    torch.manual_seed(1)
+    centers = torch.nn.functional.normalize(torch.randn(3, 1, 16), dim=-1)
+    gallery = centers + 0.01 * torch.randn(3, 4, 16)
+    distractors = torch.randn(40, 16)
+    # probes that are the gallery are all found; probes that point away never are
+    rates = protection_rates(torch.randn(3, 4, 16), -gallery, distractors, gallery=gallery)
+    assert rates["psr_top1"] == 1.0
+    same = protection_rates(gallery, gallery, distractors, gallery=gallery)
+    assert same["clean_top1"] == 1.0 and same["psr_top1"] == 0.0

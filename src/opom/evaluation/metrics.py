@@ -41,13 +41,16 @@ def identification_hits(probes: torch.Tensor, gallery: torch.Tensor, distractors
 
 
 def protection_rates(clean: torch.Tensor, protected: torch.Tensor, distractors: torch.Tensor,
-                     ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+                     ks: tuple[int, ...] = (1, 5, 10), gallery: torch.Tensor | None = None) -> dict[str, float]:
     """Clean top-k accuracy and protection success rate PSR@k = 1 - hits@k / trials.
 
-    clean, protected: (I, T, D) embeddings of clean and protected test images; distractors: (M, D).
+    clean, protected: (I, T, D) embeddings of clean and protected probes; distractors: (M, D); gallery:
+    the enrolled images (I, T, D), the clean probes themselves by default (the paper's protocol; a
+    different gallery serves probes that went through a transform while enrolment did not).
     """
-    clean_hits, trials = identification_hits(clean, clean, distractors, ks)
-    prot_hits, _ = identification_hits(protected, clean, distractors, ks)
+    gallery = clean if gallery is None else gallery
+    clean_hits, trials = identification_hits(clean, gallery, distractors, ks)
+    prot_hits, _ = identification_hits(protected, gallery, distractors, ks)
     total = trials * clean.shape[0]
     out = {f"clean_top{k}": clean_hits[k].sum().item() / total for k in ks}
     out.update({f"psr_top{k}": 1.0 - prot_hits[k].sum().item() / total for k in ks})

@@ -67,12 +67,7 @@ def evaluate_model(model: nn.Module, data: ProtectionSet, masks: torch.Tensor, k
             clean_t = embed(model, apply_transform(flat, name), batch_size).view(n_id, t, -1)
             prot_t = embed(model, apply_transform(protected, name), batch_size).view(n_id, t, -1)
             # probes go through the transform; the gallery stays the clean, untransformed enrolment photos
-            clean_hits, trials = identification_hits(clean_t, clean_e, dist_e, ks)
-            prot_hits, _ = identification_hits(prot_t, clean_e, dist_e, ks)
-            total = trials * n_id
-            out["robustness"][name] = {
-                **{f"clean_top{k}": clean_hits[k].sum().item() / total for k in ks},
-                **{f"psr_top{k}": 1.0 - prot_hits[k].sum().item() / total for k in ks}}
+            out["robustness"][name] = protection_rates(clean_t, prot_t, dist_e, ks, gallery=clean_e)
     model.train(was_training)
     threshold = getattr(getattr(model, "preprocessing", None), "threshold", None)
     out.update(verification_rates(clean_e, prot_e, dist_e, threshold))
