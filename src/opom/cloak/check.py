@@ -1,0 +1,236 @@
+"""``check``: "am I protected?" — clean and protected photos against a local panel of face-recognition models.
+
+Every photo's largest face is detected (MTCNN), aligned to the canonical 112x112 template and embedded by each
+panel model. A protected photo is compared with the clean reference photos (the enrolment photos, or the clean
+originals), leaving out its own clean original when that is known and other references remain — a recogniser
+matches a new photo against photos it already has. The best score over the references decides, at the model's
+own threshold (SFace: cosine >= 0.363; dlib: L2 distance < 0.6): "NOT protected" if the model still verifies the
+person, "protected" otherwise. For comparison, the clean original of each protected photo (when known) is scored
+the same way. Nothing leaves the machine; the panel is local (default: sface, and dlib when installed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from opom.cloak.faces import DetectSettings, detect_faces
+from opom.cloak.report import read_report
+from opom.data.alignment import warp_to_template
+from opom.data.photos import PhotoError, read_photo
+from opom.errors import UserError
+
+DEFAULT_PANEL = ("sface", "dlib")
+L2_MODELS = {"dlib": 0.6}  # models verified by L2 distance of raw descriptors, with their threshold
+
+
+@dataclass
+class PanelModel:
+    """A recognition model with its own verification rule."""
+
+    name: str
+    model: object
+    metric: str  # "cosine" (same if >= threshold) or "l2" (same if < threshold)
+    threshold: float
+
+    def embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
+        with torch.no_grad():
+            e = self.model(x).float().cpu().numpy().astype(np.float64)
+        if self.metric == "cosine":
+            e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        return e
+
+    def scores(self, a: np.ndarray, refs: np.ndarray) -> np.ndarray:
+        return refs @ a if self.metric == "cosine" else np.linalg.norm(refs - a, axis=1)
+
+    def best(self, scores: np.ndarray) -> float:
+        return float(scores.max() if self.metric == "cosine" else scores.min())
+
+    def same(self, score: float) -> bool:
+        return score >= self.threshold if self.metric == "cosine" else score < self.threshold
+
+    @property
+    def rule(self) -> str:
+        return f"cos >= {self.threshold:.3f}" if self.metric == "cosine" else f"L2 < {self.threshold:.3f}"
+
+
+def build_panel(names=DEFAULT_PANEL, weights: dict[str, str] | None = None,
+                thresholds: dict[str, float] | None = None, notes: list[str] | None = None) -> list[PanelModel]:
+    """Zoo models by arch name; a model whose extra is not installed is skipped (noted) unless it is the only one."""
+    from opom.models.extras import MissingExtraError
+    from opom.models.zoo import ZOO, build_face_model
+
+    weights, thresholds = dict(weights or {}), dict(thresholds or {})
+    panel, missing = [], []
+    for name in names:
+        if name not in ZOO:
+            raise UserError(f"unknown panel model {name!r}; the zoo has {', '.join(sorted(ZOO))}")
+        try:
+            model = build_face_model({"name": name, "arch": name, "checkpoint": weights.get(name)})
+        except MissingExtraError as err:
+            missing.append(f"{name} skipped: {err}")
+            continue
+        if name in L2_MODELS:
+            panel.append(PanelModel(name, model, "l2", float(thresholds.get(name, L2_MODELS[name]))))
+            continue
+        threshold = thresholds.get(name, model.preprocessing.threshold)
+        if threshold is None:
+            raise UserError(f"panel model {name!r} has no known verification threshold: give one with "
+                            f"--threshold {name}=VALUE (cosine similarity)")
+        panel.append(PanelModel(name, model, "cosine", float(threshold)))
+    if not panel:
+        raise UserError("no panel model could be built: " + "; ".join(missing))
+    if notes is not None:
+        notes.extend(missing)
+    return panel
+
+
+def face_crop(path: Path, detector, settings: DetectSettings = DetectSettings()) -> np.ndarray | None:
+    """The largest face of a photo aligned to 112x112 (None if there is none). Raises PhotoError."""
+    rgb, _ = read_photo(path)
+    if rgb.shape[:2] == (112, 112):
+        return rgb
+    faces = detect_faces(rgb, detector, settings)
+    if not faces:
+        return None
+    face = max(faces, key=lambda f: f.area)
+    return warp_to_template(rgb, face.landmarks, "arcface_112")[0]
+
+
+@dataclass
+class CheckResult:
+    """Per model and protected photo: the scores and verdicts; per model: the protection rate."""
+
+    references: list[str]
+    rows: list[dict] = field(default_factory=list)  # model, photo, clean_score, protected_score, protected
+    rates: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"references": self.references, "rows": self.rows, "rates": self.rates, "notes": self.notes}
+
+    def table(self) -> str:
+        lines = [f"check: {len({r['photo'] for r in self.rows})} protected photo(s) against "
+                 f"{len(self.references)} clean reference photo(s)"]
+        head = f"  {'model':<8} {'rule':<13} {'photo':<28} {'clean':>7} {'protected':>9}  verdict"
+        lines.append(head)
+        for r in self.rows:
+            clean = f"{r['clean_score']:.3f}" if r.get("clean_score") is not None else "-"
+            prot = f"{r['protected_score']:.3f}" if r.get("protected_score") is not None else "-"
+            verdict = r["verdict"]
+            lines.append(f"  {r['model']:<8} {r['rule']:<13} {Path(r['photo']).name[:28]:<28} {clean:>7} {prot:>9}  "
+                         f"{verdict}")
+        for name, rate in self.rates.items():
+            clean = (f"; clean originals recognised {rate['clean_recognised']}/{rate['clean_total']}"
+                     if rate.get("clean_total") else "")
+            lines.append(f"  {name}: protected {rate['protected']}/{rate['total']} "
+                         f"({100 * rate['rate']:.0f}%){clean}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def pairs_from_report(report: str | Path) -> list[tuple[Path | None, Path]]:
+    """``(clean original, protected copy)`` of every protected file of a ``protect`` report (photos only)."""
+    entries = [e for e in read_report(report) if e.get("outcome") == "protected" and e.get("kind") == "photo"]
+    latest = {e["output"]: e for e in entries}
+    return [(Path(e["source"]), Path(e["output"])) for e in latest.values()]
+
+
+def check(references: list[str | Path], protected: list[str | Path] | None = None,
+          originals: list[str | Path | None] | None = None, report: str | Path | None = None,
+          panel: list[PanelModel] | None = None, panel_names=DEFAULT_PANEL, detector=None,
+          settings: DetectSettings = DetectSettings(), quiet: bool = False) -> CheckResult:
+    """Score protected photos against clean reference photos with each panel model.
+
+    ``references``: clean photos of the person (files or folders). ``protected``: protected photos, with their
+    clean ``originals`` in the same order where known (None otherwise); or ``report``: a ``protect`` report whose
+    protected photos (and their sources) are used. With no ``references``, the report's sources are the references.
+    """
+    from opom.cloak.enroll import collect_photos
+
+    notes: list[str] = []
+    pairs: list[tuple[Path | None, Path]] = []
+    if report is not None:
+        pairs += pairs_from_report(report)
+    if protected:
+        originals = list(originals) if originals is not None else [None] * len(protected)
+        if len(originals) != len(protected):
+            raise UserError(f"{len(protected)} protected photos but {len(originals)} originals")
+        pairs += [(Path(o) if o else None, Path(p)) for o, p in zip(originals, protected, strict=True)]
+    if not pairs:
+        raise UserError("nothing to check: give protected photos (--protected) or a protect report (--report)")
+    ref_files = collect_photos(list(references)) if references else sorted({o for o, _ in pairs if o})
+    if not ref_files:
+        raise UserError("no clean reference photos: give the clean (enrolment) photos of the person")
+    if detector is None:
+        from opom.data.prepare import default_detector
+
+        detector = default_detector()
+    panel = panel if panel is not None else build_panel(panel_names, notes=notes)
+
+    def crops_of(paths):
+        crops = {}
+        for p in paths:
+            try:
+                crop = face_crop(Path(p), detector, settings)
+            except PhotoError as err:
+                notes.append(f"{p}: {err.reason}")
+                continue
+            if crop is None:
+                notes.append(f"{p}: no face found")
+                continue
+            crops[Path(p).resolve()] = crop
+        return crops
+
+    refs = crops_of(ref_files)
+    if not refs:
+        raise UserError("no face found in any clean reference photo")
+    prot = crops_of([p for _, p in pairs])
+    orig = crops_of(sorted({o for o, _ in pairs if o is not None and o.resolve() not in refs}))
+    orig |= refs
+    result = CheckResult([str(p) for p in refs], notes=notes)
+    ref_keys = list(refs)
+    for m in panel:
+        ref_emb = dict(zip(ref_keys, m.embed([refs[k] for k in ref_keys]), strict=True))
+        done = recognised = clean_total = clean_recognised = 0
+        for original, path in pairs:
+            key = path.resolve()
+            if key not in prot:
+                continue
+            okey = original.resolve() if original is not None else None
+            others = [k for k in ref_keys if k != okey] or ref_keys
+            refs_m = np.stack([ref_emb[k] for k in others])
+            score = m.best(m.scores(m.embed([prot[key]])[0], refs_m))
+            clean_score = None
+            if okey is not None and okey in orig:
+                clean_score = m.best(m.scores(m.embed([orig[okey]])[0], refs_m))
+                clean_total += 1
+                clean_recognised += m.same(clean_score)
+            same = m.same(score)
+            done += 1
+            recognised += same
+            result.rows.append({"model": m.name, "rule": m.rule, "photo": str(path),
+                                "original": str(original) if original else None, "references": len(others),
+                                "clean_score": None if clean_score is None else round(clean_score, 4),
+                                "protected_score": round(score, 4), "protected": not same,
+                                "verdict": "NOT protected" if same else "protected"})
+        result.rates[m.name] = {"protected": done - recognised, "total": done,
+                                "rate": (done - recognised) / done if done else 0.0, "threshold": m.threshold,
+                                "metric": m.metric, "clean_recognised": clean_recognised, "clean_total": clean_total}
+    if not quiet:
+        print(result.table())
+    return result
+
+
+def save_result(result: CheckResult, path: str | Path) -> Path:
+    from opom.cloak.photofile import atomic_write
+
+    path = Path(path)
+    atomic_write(path, json.dumps(result.to_dict(), indent=2).encode())
+    return path
