@@ -5,6 +5,7 @@ import torch
 from torchvision.io import decode_image, write_jpeg, write_png
 
 from opom.data.datasets import FolderFacesProtection, OpomLists, read_list
+from opom.data.gallery import materialize
 from opom.data.synthetic import render_images
 from opom.errors import DatasetError
 
@@ -27,7 +28,7 @@ def test_folder_layout_keeps_order_names_and_split(tmp_path, faces):
     prot = FolderFacesProtection(str(tmp_path / "people"), mask_images=2, test_images=2,
                                  distractor_root=str(tmp_path / "dis"), distractors=2).protection_set()
     assert prot.names == ["p0", "p1", "p2", "p3"]  # sorted
-    assert prot.mask_images.shape == (4, 2, 3, 112, 112) and prot.distractors.shape == (2, 3, 112, 112)
+    assert prot.mask_images.shape == (4, 2, 3, 112, 112) and materialize(prot.distractors).shape == (2, 3, 112, 112)
     assert torch.equal(prot.mask_images[0, 0], faces[12])  # p0 holds images 12..15
     assert torch.equal(prot.test_images[0, 1], faces[15])
 
@@ -67,13 +68,13 @@ def test_opom_lists_with_megaface_and_lfw_distractors(tmp_path, faces):
                      distractor_format="megaface", distractors=1).protection_set()
     assert prot.names == ["celeb_0", "celeb_1", "celeb_2", "celeb_3"]  # list order, not sorted
     assert torch.equal(prot.mask_images[1, 1], faces[5]) and torch.equal(prot.test_images[3, 0], faces[14])
-    assert prot.distractors.shape[0] == 1 and torch.equal(prot.distractors[0], faces[0])
+    assert len(prot.distractors) == 1 and torch.equal(materialize(prot.distractors)[0], faces[0])
 
     (tmp_path / "lfw.lst").write_text("1/a.png\n2/b.png\n")
     lfw = OpomLists(str(data), str(tmp_path / "train.lst"), str(tmp_path / "test.lst"), mask_images=2, test_images=2,
                     distractor_list=str(tmp_path / "lfw.lst"), distractor_dir=str(mega),
                     distractor_format="lfw").protection_set()
-    assert lfw.distractors.shape[0] == 2
+    assert len(lfw.distractors) == 2
 
 
 def test_list_errors_name_the_fix(tmp_path, faces):

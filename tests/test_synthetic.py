@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from opom.data.gallery import materialize
 from opom.data.synthetic import SyntheticFaces, render_images
 from opom.errors import DatasetError
 
@@ -25,7 +26,10 @@ def test_pools_are_disjoint_and_split_as_asked(tmp_path):
                         train_identities=4, train_images=2, cache_dir=str(tmp_path))
     prot = ds.protection_set()
     assert prot.mask_images.shape == (3, 3, 3, 112, 112) and prot.test_images.shape == (3, 2, 3, 112, 112)
-    assert prot.distractors.shape == (4, 3, 112, 112)
+    distractors = materialize(prot.distractors)
+    assert distractors.shape == (4, 3, 112, 112) and len(prot.distractors) == 4
+    # streamed in any chunking, the gallery is the same people
+    assert torch.equal(torch.cat(list(prot.distractors.chunks(3))), distractors)
     images, labels = ds.training_pool()
     assert images.shape[0] == 8 and labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     train_first = images[::2].flatten(1).float()
@@ -34,6 +38,7 @@ def test_pools_are_disjoint_and_split_as_asked(tmp_path):
     again = SyntheticFaces(identities=3, images_per_identity=5, mask_images=3, test_images=2, distractors=4,
                            train_identities=4, train_images=2, cache_dir=str(tmp_path)).protection_set()
     assert torch.equal(again.test_images, prot.test_images)  # served from the cache, identical
+    assert again.distractors.key == prot.distractors.key
 
 
 def test_too_few_images_per_identity_is_a_clear_error(tmp_path):

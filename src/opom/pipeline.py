@@ -21,7 +21,7 @@ from opom.evaluation.callbacks import MaskWriter, TransferEvaluation
 from opom.logs import quiet_lightning
 from opom.methods import METHODS
 from opom.models.training import prepare_models
-from opom.models.zoo import build_face_model, preflight
+from opom.models.zoo import build_face_model, model_key, preflight
 from opom.module import MaskCrafter
 
 log = logging.getLogger("opom")
@@ -45,35 +45,53 @@ def plain_config(cfg: DictConfig) -> dict:
             for k in cfg if k != "hydra"}
 
 
-def run(cfg: DictConfig) -> dict:
-    validate(cfg)
-    quiet_lightning()
-    L.seed_everything(cfg.seed, verbose=False)
-    cache_dir = cfg.paths.cache_dir
-    out = Path(cfg.paths.output_dir)
-
-    method = instantiate(cfg.method)
-    attack = instantiate(cfg.attack)
+def _specs(cfg: DictConfig) -> tuple[dict, dict[str, dict]]:
+    """The surrogate's and the black-box panel's model specs, checked before any data is read."""
     surrogate_spec = OmegaConf.to_container(cfg.surrogate, resolve=True)
     panel_specs = {name: OmegaConf.to_container(spec, resolve=True) for name, spec in cfg.blackbox.items()}
     preflight(surrogate_spec, "surrogate")  # weights problems surface before any data is read
     for name, spec in panel_specs.items():
         preflight(spec, f"blackbox.{name}")
+    return surrogate_spec, panel_specs
 
+
+def _models(cfg: DictConfig, dataset, surrogate_spec: dict, panel_specs: dict[str, dict]):
+    """Trains what needs training (in parallel), then returns the surrogate builder, the panel's builders and
+    every model's cache key."""
+    fr_train = OmegaConf.to_container(cfg.fr_train, resolve=True)
+    build = partial(build_face_model, dataset=dataset, fr_train=fr_train, cache_dir=cfg.paths.cache_dir, log=log.info)
+    prepare_models([surrogate_spec, *panel_specs.values()], dataset, fr_train, cfg.paths.cache_dir, log=log.info)
+    keys = {name: model_key(spec, dataset, fr_train) for name, spec in panel_specs.items()}
+    keys[surrogate_spec["name"]] = model_key(surrogate_spec, dataset, fr_train)
+    return partial(build, surrogate_spec), {name: partial(build, spec) for name, spec in panel_specs.items()}, keys
+
+
+def transfer_evaluation(cfg: DictConfig, panel: dict, keys: dict, run_info: dict) -> TransferEvaluation:
+    settings = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    cache_dir = cfg.paths.cache_dir if settings.pop("cache_embeddings", True) else None
+    return TransferEvaluation(panel, cfg.paths.output_dir, run_info, cache_dir=cache_dir, model_keys=keys, **settings)
+
+
+def run(cfg: DictConfig) -> dict:
+    validate(cfg)
+    quiet_lightning()
+    L.seed_everything(cfg.seed, verbose=False)
+    out = Path(cfg.paths.output_dir)
+
+    method = instantiate(cfg.method)
+    attack = instantiate(cfg.attack)
+    surrogate_spec, panel_specs = _specs(cfg)
     dataset = instantiate(cfg.dataset)
     protection = dataset.protection_set()
-    fr_train = OmegaConf.to_container(cfg.fr_train, resolve=True)
-    build = partial(build_face_model, dataset=dataset, fr_train=fr_train, cache_dir=cache_dir, log=log.info)
-    prepare_models([surrogate_spec, *panel_specs.values()], dataset, fr_train, cache_dir, log=log.info)
-    surrogate = build(surrogate_spec)
+    build_surrogate, panel, keys = _models(cfg, dataset, surrogate_spec, panel_specs)
+    surrogate = build_surrogate()
     if not surrogate.differentiable:
         raise ConfigError(f"surrogate {cfg.surrogate.name!r} is a black box (no gradients): it can only be "
                           f"evaluated, e.g. 'blackbox=[{cfg.surrogate.name}]'; pick a differentiable surrogate")
-    panel = {name: partial(build, spec) for name, spec in panel_specs.items()}
 
     run_info = {"method": method.name, "attack": attack.name, "surrogate": cfg.surrogate.name, "eps": attack.eps_levels,
                 "config": plain_config(cfg)}
-    evaluation = TransferEvaluation(panel, out, run_info, **cfg.evaluation)
+    evaluation = transfer_evaluation(cfg, panel, keys, run_info)
     callbacks = [MaskWriter(out, run_info), evaluation]
     callbacks += [instantiate(c) for c in (cfg.get("extra_callbacks") or {}).values()]
 

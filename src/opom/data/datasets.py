@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from opom.data.folder import IMAGE_SUFFIXES, read_aligned, scan_identity_folders
+from opom.data.gallery import FileGallery
 from opom.data.protection import ProtectionSet
 from opom.errors import DatasetError
 
@@ -60,7 +61,7 @@ class FolderFacesProtection:
         need = self.mask_images + self.test_images
         log.info("reading %d identities from %s and distractors from %s", len(names), self.root, self.distractor_root)
         images = {n: _stack(people[n][:need]) for n in names}
-        dis = _stack(_distractor_paths(self.distractor_root, self.distractors))
+        dis = FileGallery(_distractor_paths(self.distractor_root, self.distractors), SIZE)
         return ProtectionSet.from_identity_images(images, self.mask_images, self.test_images, dis)
 
 
@@ -130,4 +131,5 @@ class OpomLists:
             listed = listed[: self.distractors] if self.distractors else listed
             dis_paths = [_resolve(base, p) for p in listed]
         log.info("read %d identities and %d distractors from list files", len(images), len(dis_paths))
-        return ProtectionSet.from_identity_images(images, self.mask_images, self.test_images, _stack(dis_paths))
+        return ProtectionSet.from_identity_images(images, self.mask_images, self.test_images,
+                                                  FileGallery(dis_paths, SIZE))

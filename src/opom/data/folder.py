@@ -39,7 +39,7 @@ def read_aligned(path: Path, size: int = 112) -> torch.Tensor:
     from opom.data.photos import read_photo
 
     rgb, _ = read_photo(path, icc=False)
-    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+    image = torch.from_numpy(np.array(rgb, order="C")).permute(2, 0, 1)  # a writable copy
     if image.shape[-2:] != (size, size):
         image = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True,
                               align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from opom.data.gallery import Gallery
 from opom.errors import DatasetError
 
 
@@ -21,7 +22,7 @@ class ProtectionSet:
     names: list[str]
     mask_images: torch.Tensor  # (I, N, 3, H, W) uint8
     test_images: torch.Tensor  # (I, T, 3, H, W) uint8
-    distractors: torch.Tensor  # (M, 3, H, W) uint8
+    distractors: torch.Tensor | Gallery  # uint8 (M, 3, H, W) or a streamed opom.data.gallery.Gallery
 
     def __post_init__(self):
         i = len(self.names)

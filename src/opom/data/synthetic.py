@@ -300,23 +300,31 @@ class SyntheticFaces:
         return data["images"], torch.as_tensor(ids)
 
     def protection_set(self):
-        """The :class:`~opom.data.protection.ProtectionSet` of the protection pool."""
+        """The :class:`~opom.data.protection.ProtectionSet` of the protection pool; its distractors are a
+        :class:`~opom.data.gallery.RenderedGallery` (rendered chunk by chunk when evaluated, never all held)."""
         from opom.cache import cached
+        from opom.data.gallery import RenderedGallery
         from opom.data.protection import ProtectionSet
 
         k, n = self.identities, self.images_per_identity
         key = {"pool": "protect", "version": WORLD_VERSION, "seed": self.seed, "identities": k,
-               "images_per_identity": n,
-               "distractors": self.distractors, **self.style}
+               "images_per_identity": n, **self.style}
 
         def build():
             faces = self._render(PROTECT_OFFSET + np.repeat(np.arange(k), n), np.tile(np.arange(n), k))
-            dis = self._render(DISTRACTOR_OFFSET + np.arange(self.distractors), np.zeros(self.distractors, int))
-            return {"faces": faces.view(k, n, *faces.shape[1:]), "distractors": dis}
+            return {"faces": faces.view(k, n, *faces.shape[1:])}
 
         data = cached(self.cache_dir or _default_cache(), "data", key, build)
         people = {f"synthetic-{i:05d}": data["faces"][i] for i in range(k)}
-        return ProtectionSet.from_identity_images(people, self.mask_images, self.test_images, data["distractors"])
+        distractors = RenderedGallery(self.distractors, self.render_distractors,
+                                      {"world": "synthetic", "pool": "distractors", "version": WORLD_VERSION,
+                                       "seed": self.seed, **self.style})
+        return ProtectionSet.from_identity_images(people, self.mask_images, self.test_images, distractors)
+
+    def render_distractors(self, start: int, stop: int) -> torch.Tensor:
+        """Distractor people ``start`` .. ``stop - 1`` (one photo each), uint8 (stop - start, 3, 112, 112)."""
+        ids = DISTRACTOR_OFFSET + np.arange(start, stop)
+        return self._render(ids, np.zeros(len(ids), int))
 
 
 def _default_cache() -> str:

@@ -62,31 +62,42 @@ class TransferEvaluation(L.Callback):
     """After crafting, test the masks on the surrogate (white-box) and on every black-box model.
 
     ``panel`` maps model names to zero-argument constructors; models are built one at a time and released
-    after use. Writes ``results.json`` in ``output_dir``, logs the rates, and prints a table.
+    after use. ``model_keys`` (name -> :func:`opom.models.zoo.model_key`) and ``cache_dir`` let the gallery
+    embeddings of each model be cached across runs. Writes ``results.json`` in ``output_dir``, logs the rates,
+    and prints a table.
     """
 
     def __init__(self, panel: dict[str, Callable[[], nn.Module]], output_dir: str | Path, run_info: dict,
-                 ks: tuple[int, ...] = (1, 5, 10), batch_size: int = 256, robustness: tuple[str, ...] = ()):
+                 ks: tuple[int, ...] = (1, 5, 10), batch_size: int = 256, robustness: tuple[str, ...] = (),
+                 chunk: int = 8192, cache_dir: str | Path | None = None, model_keys: dict[str, dict] | None = None):
         self.panel, self.output_dir, self.run_info = panel, Path(output_dir), run_info
         self.ks, self.batch_size, self.robustness = tuple(ks), batch_size, tuple(robustness)
+        self.chunk, self.cache_dir, self.model_keys = chunk, cache_dir, dict(model_keys or {})
         self.results: dict | None = None
 
-    def _rates(self, model, data, masks, whitebox: bool) -> dict:
-        rates = evaluate_model(model, data, masks, self.ks, self.batch_size, self.robustness)
+    def _rates(self, name: str, model, data, masks, whitebox: bool) -> dict:
+        rates = evaluate_model(model, data, masks, self.ks, self.batch_size, self.robustness, self.cache_dir,
+                               self.model_keys.get(name), self.chunk)
         return {**rates, "whitebox": whitebox}
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        data, masks = trainer.datamodule.protection, pl_module.masks.detach().cpu()
-        models = {self.run_info["surrogate"]: self._rates(pl_module.surrogate, data, masks, whitebox=True)}
+    def evaluate(self, surrogate: nn.Module | None, data, masks) -> dict:
+        """Results of ``masks`` on ``data`` for the surrogate (white-box, when given) and the panel."""
+        models = {}
+        if surrogate is not None:
+            models[self.run_info["surrogate"]] = self._rates(self.run_info["surrogate"], surrogate, data, masks, True)
         for name, build in self.panel.items():
             model = build()
-            models[name] = self._rates(model, data, masks, whitebox=False)
+            models[name] = self._rates(name, model, data, masks, whitebox=False)
             del model
         info = {k: v for k, v in self.run_info.items() if k != "config"}
         self.results = {**info, "models": models, "image_quality": mask_image_quality(data, masks)}
         write_json_atomic(self.output_dir / "results.json", self.results)
-        for logger in trainer.loggers:
-            logger.log_metrics({f"eval/{name}/{k}": float(v) for name, r in models.items() for k, v in r.items()
-                                if isinstance(v, (int, float))})
         log.info("transfer evaluation (%s, %s, surrogate %s, eps %g):\n%s", info["method"], info["attack"],
                  info["surrogate"], info["eps"], format_table(self.results))
+        return self.results
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        results = self.evaluate(pl_module.surrogate, trainer.datamodule.protection, pl_module.masks.detach().cpu())
+        for logger in trainer.loggers:
+            logger.log_metrics({f"eval/{name}/{k}": float(v) for name, r in results["models"].items()
+                                for k, v in r.items() if isinstance(v, (int, float))})

@@ -18,6 +18,38 @@ def apply_mask_uint8(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return x.clamp_(0, 255).floor_().to(torch.uint8)
 
 
+class RankCounter:
+    """Streams distractors past fixed probes and counts, per probe and genuine gallery image, the distractors
+    strictly more similar to the probe than that gallery image (its 0-based rank; ties go to the genuine image).
+
+    probes, gallery: (I, T, D) embeddings of each identity's T test images (probes possibly protected or
+    transformed, gallery clean). Feed distractor embeddings with :meth:`update` in any chunking; memory is
+    O(I * T * chunk), independent of the gallery size.
+    """
+
+    def __init__(self, probes: torch.Tensor, gallery: torch.Tensor):
+        n_id, t, _ = probes.shape
+        p, g = F.normalize(probes.double(), dim=-1), F.normalize(gallery.double(), dim=-1)
+        self.shape = (n_id, t)
+        self.probes = p.reshape(n_id * t, -1)
+        self.genuine = torch.einsum("aid,ajd->aij", p, g).reshape(n_id * t, t)
+        self.above = torch.zeros(n_id * t, t, dtype=torch.long)
+
+    def update(self, distractors: torch.Tensor, normalized: bool = False) -> None:
+        d = distractors.double() if normalized else F.normalize(distractors.double(), dim=-1)
+        sims = self.probes @ d.T  # (I*T, chunk)
+        for j in range(self.shape[1]):
+            self.above[:, j] += (sims > self.genuine[:, j:j + 1]).sum(dim=1)
+
+    def hits(self, ks: tuple[int, ...]) -> tuple[dict[int, torch.Tensor], int]:
+        """Per-identity rank-k hit counts ``{k: (I,) long}`` over the ordered pairs (i, j), i != j, and the
+        number of trials per identity, T * (T - 1)."""
+        n_id, t = self.shape
+        rank = self.above.view(n_id, t, t)
+        off_diag = ~torch.eye(t, dtype=torch.bool)
+        return {k: ((rank < k) & off_diag).sum(dim=(1, 2)) for k in ks}, t * (t - 1)
+
+
 def identification_hits(probes: torch.Tensor, gallery: torch.Tensor, distractors: torch.Tensor,
                         ks: tuple[int, ...] = (1, 5, 10)) -> tuple[dict[int, torch.Tensor], int]:
     """Rank-k hits of one-enrolled-image identification with distractors.
@@ -28,16 +60,19 @@ def identification_hits(probes: torch.Tensor, gallery: torch.Tensor, distractors
     gallery[j] is among the top k (ties go to the genuine image). Returns per-identity hit counts
     ``{k: (I,) long}`` and the number of trials per identity, T * (T - 1).
     """
-    n_id, t, _ = probes.shape
-    p, g, d = (F.normalize(e.double(), dim=-1) for e in (probes, gallery, distractors))
-    genuine = torch.einsum("aid,ajd->aij", p, g)  # (I, T, T)
-    dist_sims = torch.sort(p.reshape(n_id * t, -1) @ d.T, dim=1).values  # (I*T, M) ascending
-    # number of distractors strictly more similar than the genuine image = its rank (0-based)
-    above = dist_sims.shape[1] - torch.searchsorted(dist_sims, genuine.reshape(n_id * t, t), right=True)
-    rank = above.reshape(n_id, t, t)
-    off_diag = ~torch.eye(t, dtype=torch.bool)
-    hits = {k: ((rank < k) & off_diag).sum(dim=(1, 2)) for k in ks}
-    return hits, t * (t - 1)
+    counter = RankCounter(probes, gallery)
+    counter.update(distractors)
+    return counter.hits(ks)
+
+
+def rates_from_hits(clean: RankCounter, protected: RankCounter, ks: tuple[int, ...]) -> dict[str, float]:
+    """Clean top-k accuracy and PSR@k = 1 - hits@k / trials from the counters of clean and protected probes."""
+    clean_hits, trials = clean.hits(ks)
+    prot_hits, _ = protected.hits(ks)
+    total = trials * clean.shape[0]
+    out = {f"clean_top{k}": clean_hits[k].sum().item() / total for k in ks}
+    out.update({f"psr_top{k}": 1.0 - prot_hits[k].sum().item() / total for k in ks})
+    return out
 
 
 def protection_rates(clean: torch.Tensor, protected: torch.Tensor, distractors: torch.Tensor,
@@ -49,12 +84,64 @@ def protection_rates(clean: torch.Tensor, protected: torch.Tensor, distractors: 
     different gallery serves probes that went through a transform while enrolment did not).
     """
     gallery = clean if gallery is None else gallery
-    clean_hits, trials = identification_hits(clean, gallery, distractors, ks)
-    prot_hits, _ = identification_hits(protected, gallery, distractors, ks)
-    total = trials * clean.shape[0]
-    out = {f"clean_top{k}": clean_hits[k].sum().item() / total for k in ks}
-    out.update({f"psr_top{k}": 1.0 - prot_hits[k].sum().item() / total for k in ks})
-    return out
+    counters = RankCounter(clean, gallery), RankCounter(protected, gallery)
+    for c in counters:
+        c.update(distractors)
+    return rates_from_hits(*counters, ks)
+
+
+class ScoreQuantiles:
+    """Exact order statistics of a stream of similarity scores in [-1, 1], in bounded memory, in two passes.
+
+    Pass 1 (:meth:`count`) builds a 65536-bin histogram; :meth:`plan` finds the bin that holds each wanted
+    rank; pass 2 (:meth:`collect`, fed the same scores again) keeps only the scores in those bins, so
+    :meth:`value` is exact while memory is the histogram plus a few bins' worth of scores.
+    """
+
+    BINS = 1 << 16
+
+    def __init__(self):
+        self.edges = torch.linspace(-1.0 - 1e-9, 1.0 + 1e-9, self.BINS + 1, dtype=torch.float64)
+        self.counts = torch.zeros(self.BINS + 2, dtype=torch.long)  # with under- and overflow bins
+        self.n = 0
+        self._wanted: dict[int, tuple[int, int]] = {}  # rank -> (bin, rank within the bin)
+        self._kept: dict[int, list[torch.Tensor]] = {}
+
+    def _bins(self, scores: torch.Tensor) -> torch.Tensor:
+        return torch.bucketize(scores.double().flatten(), self.edges)
+
+    def count(self, scores: torch.Tensor) -> None:
+        self.counts += torch.bincount(self._bins(scores), minlength=self.BINS + 2)
+        self.n += scores.numel()
+
+    def plan(self, ranks: list[int]) -> None:
+        """Ranks are 0-based in descending order (rank 0 = the highest score), each < n."""
+        above = torch.cumsum(self.counts.flip(0), 0).flip(0) - self.counts  # scores in higher bins
+        for r in ranks:
+            b = int(torch.nonzero((above <= r) & (r < above + self.counts))[0])
+            self._wanted[r] = (b, r - int(above[b]))
+            self._kept.setdefault(b, [])
+
+    def collect(self, scores: torch.Tensor) -> None:
+        scores = scores.double().flatten()
+        bins = self._bins(scores)
+        for b, kept in self._kept.items():
+            kept.append(scores[bins == b])
+
+    def value(self, rank: int) -> float:
+        b, within = self._wanted[rank]
+        return torch.sort(torch.cat(self._kept[b]), descending=True).values[within].item()
+
+
+def far_ranks(n_impostors: int, fars: tuple[float, ...]) -> dict[float, int | None]:
+    """For each FAR, the 0-based descending rank of the impostor score the threshold sits on (None: above
+    every impostor count allowed — the threshold is then the lowest impostor score)."""
+    return {far: (int(far * n_impostors) if int(far * n_impostors) < n_impostors else None) for far in fars}
+
+
+def threshold_from(quantiles: ScoreQuantiles, rank: int | None, lowest: float) -> float:
+    """The threshold at a FAR: the score at ``rank`` plus an epsilon (so that score itself is rejected)."""
+    return lowest if rank is None else quantiles.value(rank) + 1e-12
 
 
 def tar_at_far(genuine: torch.Tensor, impostor: torch.Tensor,
@@ -65,29 +152,36 @@ def tar_at_far(genuine: torch.Tensor, impostor: torch.Tensor,
     counts as a match); TAR is the fraction of genuine scores that reach it. With fewer than ``1 / far``
     impostor scores the threshold is the highest impostor score plus an epsilon (FAR 0 at that size).
     """
-    imp = torch.sort(impostor.double().flatten(), descending=True).values
+    impostor = impostor.double().flatten()
+    q = ScoreQuantiles()
+    q.count(impostor)
+    ranks = far_ranks(q.n, fars)
+    q.plan(sorted({r for r in ranks.values() if r is not None}))
+    q.collect(impostor)
     gen = genuine.double().flatten()
     out = {}
-    for far in fars:
-        allowed = int(far * len(imp))  # impostors allowed at or above the threshold
-        threshold = imp[allowed].item() + 1e-12 if allowed < len(imp) else imp[-1].item()
+    for far, rank in ranks.items():
+        threshold = threshold_from(q, rank, impostor.min().item() if len(impostor) else 0.0)
         out[far] = (threshold, (gen >= threshold).double().mean().item())
     return out
+
+
+def genuine_scores(probes: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """Cosine scores of every ordered pair (i, j), i != j, of an identity's probes and gallery images,
+    flattened (I * T * (T - 1))."""
+    t = probes.shape[1]
+    p, g = F.normalize(probes.double(), dim=-1), F.normalize(gallery.double(), dim=-1)
+    return torch.einsum("aid,ajd->aij", p, g)[:, ~torch.eye(t, dtype=torch.bool)].flatten()
 
 
 def verification_scores(probes: torch.Tensor, gallery: torch.Tensor,
                         distractors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine scores of the identification trials read as verification pairs.
 
-    genuine: every ordered pair (i, j), i != j, of an identity's probes and gallery images (I * T * (T-1));
-    impostor: every probe against every distractor (I * T * M).
+    genuine: :func:`genuine_scores`; impostor: every probe against every distractor (I * T * M).
     """
-    n_id, t, _ = probes.shape
-    p, g, d = (F.normalize(e.double(), dim=-1) for e in (probes, gallery, distractors))
-    pairs = torch.einsum("aid,ajd->aij", p, g)
-    genuine = pairs[:, ~torch.eye(t, dtype=torch.bool)]
-    impostor = p.reshape(n_id * t, -1) @ d.T
-    return genuine.flatten(), impostor.flatten()
+    p, d = F.normalize(probes.double(), dim=-1), F.normalize(distractors.double(), dim=-1)
+    return genuine_scores(probes, gallery), (p.flatten(0, -2) @ d.T).flatten()
 
 
 def image_quality(clean: torch.Tensor, protected: torch.Tensor) -> dict[str, float]:

@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from opom.data.gallery import as_gallery
 from opom.data.protection import ProtectionSet
+from opom.evaluation.embeddings import GalleryEmbeddings, embed, gallery_embeddings
 from opom.evaluation.metrics import (
+    RankCounter,
+    ScoreQuantiles,
     apply_mask_uint8,
-    identification_hits,
+    far_ranks,
+    genuine_scores,
     image_quality,
-    protection_rates,
+    rates_from_hits,
     tar_at_far,
+    threshold_from,
     verification_scores,
 )
 from opom.evaluation.robustness import apply_transform
 
 FARS = (1e-1, 1e-2, 1e-3, 1e-4)
-
-
-@torch.no_grad()
-def embed(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Embeddings (B, D) of uint8 images (B, 3, H, W), in batches."""
-    device = next(model.parameters(), torch.empty(0)).device
-    out = [model(images[i:i + batch_size].to(device).float() / 255.0).float().cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out)
 
 
 def verification_rates(clean: torch.Tensor, protected: torch.Tensor, distractors: torch.Tensor,
@@ -34,8 +35,12 @@ def verification_rates(clean: torch.Tensor, protected: torch.Tensor, distractors
     the protection rate at the model's own verification threshold (protected genuine pairs below it)."""
     genuine, impostor = verification_scores(clean, clean, distractors)
     protected_genuine, _ = verification_scores(protected, clean, distractors)
+    return _verification(genuine, protected_genuine, tar_at_far(genuine, impostor, fars), threshold)
+
+
+def _verification(genuine, protected_genuine, thresholds: dict, threshold: float | None) -> dict[str, float]:
     out = {}
-    for far, (thr, tar) in tar_at_far(genuine, impostor, fars).items():
+    for far, (thr, tar) in thresholds.items():
         out[f"tar_clean@far{far:g}"] = tar
         out[f"tar_protected@far{far:g}"] = (protected_genuine >= thr).double().mean().item()
     if threshold is not None:
@@ -43,10 +48,42 @@ def verification_rates(clean: torch.Tensor, protected: torch.Tensor, distractors
     return out
 
 
+def _stream_thresholds(probes: torch.Tensor, store: GalleryEmbeddings, genuine: torch.Tensor,
+                       fars: tuple[float, ...], first_pass: Callable[[torch.Tensor], None], chunk: int):
+    """One pass over the gallery feeding ``first_pass`` every normalised chunk and counting the impostor scores
+    of ``probes``; a second pass only when a threshold needs exact scores. Returns ``{far: (thr, TAR)}``."""
+    p = F.normalize(probes.double(), dim=-1).flatten(0, -2)
+    q, lowest = ScoreQuantiles(), float("inf")
+    for d in store.chunks(chunk):
+        d = F.normalize(d.double(), dim=-1)
+        first_pass(d)
+        scores = p @ d.T
+        q.count(scores)
+        lowest = min(lowest, scores.min().item()) if scores.numel() else lowest
+    ranks = far_ranks(q.n, fars)
+    wanted = sorted({r for r in ranks.values() if r is not None})
+    if wanted:
+        q.plan(wanted)
+        for d in store.chunks(chunk):
+            q.collect(p @ F.normalize(d.double(), dim=-1).T)
+    gen = genuine.double().flatten()
+    out = {}
+    for far, rank in ranks.items():
+        thr = threshold_from(q, rank, lowest if q.n else 0.0)
+        out[far] = (thr, (gen >= thr).double().mean().item())
+    return out
+
+
 def evaluate_model(model: nn.Module, data: ProtectionSet, masks: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
-                   batch_size: int = 256, robustness: tuple[str, ...] = ()) -> dict:
+                   batch_size: int = 256, robustness: tuple[str, ...] = (), cache_dir: str | Path | None = None,
+                   model_key: dict | None = None, chunk: int = 8192) -> dict:
     """Identification (clean top-k, PSR@k), verification (TAR@FAR, PSR at the model's threshold) and the
     per-identity PSR@1 of ``masks`` (I, 3, H, W) on ``data``'s test images for one model.
+
+    The distractor gallery is embedded once per (model, gallery) — cached under ``cache_dir`` when a
+    ``model_key`` names the model — and streamed in chunks of ``chunk`` embeddings: every metric of every
+    probe set is accumulated in one pass (a second one only for exact verification thresholds), so memory
+    does not grow with the gallery.
 
     ``robustness`` names transforms (:mod:`opom.evaluation.robustness`) applied to the probes, clean and
     protected alike, before identification: ``out["robustness"][name]`` holds clean top-k and PSR@k then.
@@ -59,19 +96,29 @@ def evaluate_model(model: nn.Module, data: ProtectionSet, masks: torch.Tensor, k
     protected = apply_mask_uint8(test, masks.detach().cpu()[:, None]).flatten(0, 1)
     clean_e = embed(model, flat, batch_size).view(n_id, t, -1)
     prot_e = embed(model, protected, batch_size).view(n_id, t, -1)
-    dist_e = embed(model, data.distractors, batch_size)
-    out: dict = protection_rates(clean_e, prot_e, dist_e, ks)
-    if robustness:
-        out["robustness"] = {}
-        for name in robustness:
-            clean_t = embed(model, apply_transform(flat, name), batch_size).view(n_id, t, -1)
-            prot_t = embed(model, apply_transform(protected, name), batch_size).view(n_id, t, -1)
-            # probes go through the transform; the gallery stays the clean, untransformed enrolment photos
-            out["robustness"][name] = protection_rates(clean_t, prot_t, dist_e, ks, gallery=clean_e)
+    counters = {"": (RankCounter(clean_e, clean_e), RankCounter(prot_e, clean_e))}
+    for name in robustness:
+        clean_t = embed(model, apply_transform(flat, name), batch_size).view(n_id, t, -1)
+        prot_t = embed(model, apply_transform(protected, name), batch_size).view(n_id, t, -1)
+        # probes go through the transform; the gallery stays the clean, untransformed enrolment photos
+        counters[name] = (RankCounter(clean_t, clean_e), RankCounter(prot_t, clean_e))
+
+    def count_ranks(d: torch.Tensor) -> None:
+        for pair in counters.values():
+            for counter in pair:
+                counter.update(d, normalized=True)
+
+    genuine, protected_genuine = genuine_scores(clean_e, clean_e), genuine_scores(prot_e, clean_e)
+    with gallery_embeddings(model, as_gallery(data.distractors), cache_dir, model_key, batch_size) as store:
+        thresholds = _stream_thresholds(clean_e, store, genuine, FARS, count_ranks, chunk)
     model.train(was_training)
+
+    out: dict = rates_from_hits(*counters[""], ks)
+    if robustness:
+        out["robustness"] = {name: rates_from_hits(*counters[name], ks) for name in robustness}
     threshold = getattr(getattr(model, "preprocessing", None), "threshold", None)
-    out.update(verification_rates(clean_e, prot_e, dist_e, threshold))
-    hits, trials = identification_hits(prot_e, clean_e, dist_e, ks=(1,))
+    out.update(_verification(genuine, protected_genuine, thresholds, threshold))
+    hits, trials = counters[""][1].hits((1,))
     out["per_identity_psr_top1"] = dict(zip(data.names, (1.0 - hits[1].double() / trials).tolist(), strict=True))
     return out
 

@@ -164,6 +164,21 @@ def build_face_model(spec: dict, dataset=None, fr_train: dict | None = None, cac
     return model
 
 
+def model_key(spec: dict, dataset=None, fr_train: dict | None = None) -> dict:
+    """What determines the weights of the model ``spec`` builds: the spec, its checkpoint file (path, size,
+    modification time) or, for a model trained on the dataset, the training pool and settings. Keys caches of
+    the model's outputs (gallery embeddings); such caches still verify a few rows before trusting it."""
+    key: dict = {"spec": dict(spec)}
+    checkpoint = spec.get("checkpoint")
+    if checkpoint:
+        path = Path(checkpoint).expanduser().resolve()
+        stat = path.stat()
+        key["weights"] = [str(path), stat.st_size, stat.st_mtime_ns]
+    elif ZOO[spec["arch"]].make is not None and hasattr(dataset, "training_key"):
+        key["training"] = {"pool": dataset.training_key(), "fr_train": dict(fr_train or {})}
+    return key
+
+
 # ---------------------------------------------------------------- the small models of the synthetic world
 def _small(backbone: str):
     def build(spec: dict, ctx: BuildContext) -> nn.Module:
