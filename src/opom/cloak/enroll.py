@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,7 +171,9 @@ def craft_mask(crops: torch.Tensor, surrogate: torch.nn.Module, settings: Enroll
     loader = DataLoader(IdentityChunks(crops[None], 1, iterations), batch_size=None, shuffle=False)
     trainer = L.Trainer(accelerator="auto", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False, enable_progress_bar=progress, log_every_n_steps=1)
-    trainer.fit(module, train_dataloaders=loader)
+    with warnings.catch_warnings():  # the attack is the optimiser: no Lightning optimizer, by design
+        warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned `None`.*")
+        trainer.fit(module, train_dataloaders=loader)
     return module.masks.detach().cpu()[0]
 
 

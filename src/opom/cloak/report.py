@@ -87,11 +87,15 @@ def read_report(path: str | Path) -> list[dict]:
 def summary(entries: list[dict], report_path: str | Path | None = None, elapsed_s: float | None = None) -> str:
     counts = Counter(e["outcome"] for e in entries)
     parts = ", ".join(f"{k} {v}" for k, v in counts.most_common())
-    faces = sum(len(e.get("protected_faces", [])) for e in entries)
+    faces = sum(len(e.get("protected_faces") or e.get("chosen_tracks") or []) for e in entries
+                if e["outcome"] == "protected")
     lines = [f"protect: {len(entries)} file(s): {parts or 'none'}; {faces} face(s) protected"
              + (f" in {elapsed_s:.1f} s" if elapsed_s is not None else "")]
     for e in entries:
-        if e["outcome"] == "protected":
+        if e["outcome"] == "protected" and e.get("kind") == "video":
+            lines.append(f"  ok   {e['source']} -> {e['output']} ({e['frames']} frames, {len(e['chosen_tracks'])} "
+                         f"face track(s), max change {e['aligned_max_change']} grey levels in the aligned face)")
+        elif e["outcome"] == "protected":
             worst = max((f.get("aligned_max_change", 0) for f in e.get("protected_faces", [])), default=0)
             lines.append(f"  ok   {e['source']} -> {e['output']} ({len(e['protected_faces'])} face(s), "
                          f"max change {worst} grey levels in the aligned face)")
