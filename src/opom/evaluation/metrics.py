@@ -37,7 +37,10 @@ class RankCounter:
 
     def update(self, distractors: torch.Tensor, normalized: bool = False) -> None:
         d = distractors.double() if normalized else F.normalize(distractors.double(), dim=-1)
-        sims = self.probes @ d.T  # (I*T, chunk)
+        self.add_scores(self.probes @ d.T)
+
+    def add_scores(self, sims: torch.Tensor) -> None:
+        """Count a chunk given its similarities to the probes, (I*T, chunk) — to share one matmul."""
         for j in range(self.shape[1]):
             self.above[:, j] += (sims > self.genuine[:, j:j + 1]).sum(dim=1)
 
@@ -101,14 +104,15 @@ class ScoreQuantiles:
     BINS = 1 << 16
 
     def __init__(self):
-        self.edges = torch.linspace(-1.0 - 1e-9, 1.0 + 1e-9, self.BINS + 1, dtype=torch.float64)
         self.counts = torch.zeros(self.BINS + 2, dtype=torch.long)  # with under- and overflow bins
         self.n = 0
         self._wanted: dict[int, tuple[int, int]] = {}  # rank -> (bin, rank within the bin)
         self._kept: dict[int, list[torch.Tensor]] = {}
 
     def _bins(self, scores: torch.Tensor) -> torch.Tensor:
-        return torch.bucketize(scores.double().flatten(), self.edges)
+        """Bin of each score, monotone in the score: 0 below -1, 1..BINS on [-1, 1], BINS + 1 above."""
+        scaled = (scores.double().flatten() + 1.0) * (self.BINS / 2.0)
+        return scaled.floor_().clamp_(-1, self.BINS).long() + 1
 
     def count(self, scores: torch.Tensor) -> None:
         self.counts += torch.bincount(self._bins(scores), minlength=self.BINS + 2)

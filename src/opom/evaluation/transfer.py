@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,16 +47,18 @@ def _verification(genuine, protected_genuine, thresholds: dict, threshold: float
     return out
 
 
-def _stream_thresholds(probes: torch.Tensor, store: GalleryEmbeddings, genuine: torch.Tensor,
-                       fars: tuple[float, ...], first_pass: Callable[[torch.Tensor], None], chunk: int):
-    """One pass over the gallery feeding ``first_pass`` every normalised chunk and counting the impostor scores
-    of ``probes``; a second pass only when a threshold needs exact scores. Returns ``{far: (thr, TAR)}``."""
-    p = F.normalize(probes.double(), dim=-1).flatten(0, -2)
+def _stream_scores(clean: RankCounter, others: list[RankCounter], store: GalleryEmbeddings, genuine: torch.Tensor,
+                   fars: tuple[float, ...], chunk: int) -> dict[float, tuple[float, float]]:
+    """One pass over the gallery feeding every rank counter and counting the clean probes' impostor scores
+    (shared with the ``clean`` counter); a second pass, clean probes only, collects the exact scores the
+    verification thresholds sit on. Returns ``{far: (threshold, TAR)}``."""
     q, lowest = ScoreQuantiles(), float("inf")
     for d in store.chunks(chunk):
         d = F.normalize(d.double(), dim=-1)
-        first_pass(d)
-        scores = p @ d.T
+        scores = clean.probes @ d.T
+        clean.add_scores(scores)
+        for counter in others:
+            counter.update(d, normalized=True)
         q.count(scores)
         lowest = min(lowest, scores.min().item()) if scores.numel() else lowest
     ranks = far_ranks(q.n, fars)
@@ -65,7 +66,7 @@ def _stream_thresholds(probes: torch.Tensor, store: GalleryEmbeddings, genuine: 
     if wanted:
         q.plan(wanted)
         for d in store.chunks(chunk):
-            q.collect(p @ F.normalize(d.double(), dim=-1).T)
+            q.collect(clean.probes @ F.normalize(d.double(), dim=-1).T)
     gen = genuine.double().flatten()
     out = {}
     for far, rank in ranks.items():
@@ -103,14 +104,10 @@ def evaluate_model(model: nn.Module, data: ProtectionSet, masks: torch.Tensor, k
         # probes go through the transform; the gallery stays the clean, untransformed enrolment photos
         counters[name] = (RankCounter(clean_t, clean_e), RankCounter(prot_t, clean_e))
 
-    def count_ranks(d: torch.Tensor) -> None:
-        for pair in counters.values():
-            for counter in pair:
-                counter.update(d, normalized=True)
-
     genuine, protected_genuine = genuine_scores(clean_e, clean_e), genuine_scores(prot_e, clean_e)
+    others = [counters[""][1]] + [c for name, pair in counters.items() if name for c in pair]
     with gallery_embeddings(model, as_gallery(data.distractors), cache_dir, model_key, batch_size) as store:
-        thresholds = _stream_thresholds(clean_e, store, genuine, FARS, count_ranks, chunk)
+        thresholds = _stream_scores(counters[""][0], others, store, genuine, FARS, chunk)
     model.train(was_training)
 
     out: dict = rates_from_hits(*counters[""], ks)
