@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with friendly_errors():
             return run(args)
+    except SystemExit as exc:  # friendly_errors ends bad input with status 2
+        return exc.code if isinstance(exc.code, int) else 2
     except KeyboardInterrupt:
         print("\ninterrupted; originals are untouched, finished files are in the report", file=sys.stderr)
         return 130

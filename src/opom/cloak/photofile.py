@@ -187,7 +187,7 @@ def encode(photo: StoredPhoto, pixels: np.ndarray, quality: int | None = None, s
     """
     mode = photo.mode
     if pixels.dtype == np.uint16:
-        img = Image.fromarray(pixels.astype(np.uint16), mode="I;16")
+        img = Image.fromarray(pixels.astype(np.uint16))  # mode I;16
     else:
         img = Image.fromarray(pixels, mode=mode if mode in ("RGB", "RGBA", "L", "LA") else None)
     exif = exif_without_location(photo.exif) if strip_location else photo.exif

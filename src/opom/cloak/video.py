@@ -101,20 +101,23 @@ class Tracker:
 
 
 def gaussian_smooth(values: np.ndarray, sigma: float) -> np.ndarray:
-    """Centred Gaussian smoothing along axis 0 (time), weights renormalised at the ends. ``sigma`` in frames."""
-    if sigma <= 0 or len(values) < 2:
-        return values.copy()
-    radius = int(np.ceil(3 * sigma))
-    offsets = np.arange(-radius, radius + 1)
-    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    """Centred Gaussian smoothing along axis 0 (time); ``sigma`` in frames.
+
+    The ends are padded by odd reflection (``2 x[0] - x[k]``), so steady motion passes without lag right up to the
+    first and last frames (a plain truncated kernel would pull the ends towards the inside).
+    """
     n = len(values)
-    out = np.zeros_like(values, dtype=np.float64)
-    weight = np.zeros(n)
-    for off, w in zip(offsets, kernel, strict=True):
-        lo, hi = max(0, -off), min(n, n - off)
-        out[lo:hi] += w * values[lo + off:hi + off]
-        weight[lo:hi] += w
-    return out / weight.reshape(-1, *([1] * (values.ndim - 1)))
+    if sigma <= 0 or n < 3:
+        return values.astype(np.float64, copy=True)
+    radius = min(int(np.ceil(3 * sigma)), n - 1)
+    x = values.astype(np.float64)
+    padded = np.concatenate([2 * x[:1] - x[radius:0:-1], x, 2 * x[-1:] - x[-2:-radius - 2:-1]])
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    out = np.zeros_like(x)
+    for k, w in enumerate(kernel):
+        out += w * padded[k:k + n]
+    return out
 
 
 def fill_and_smooth(track: Track, n_frames: int, sigma: float, hold: int) -> None:
@@ -146,7 +149,7 @@ def _open_input(av, source: Path):
         container = av.open(str(source))
     except av.error.FileNotFoundError as err:
         raise UserError(f"{source}: does not exist") from err
-    except (av.error.InvalidDataError, av.error.ValueError) as err:
+    except av.error.InvalidDataError as err:
         raise _VideoError("not_an_image", "not a video file FFmpeg can read (or a corrupt one); re-export it as "
                                           "MP4 (H.264)") from err
     except av.FFmpegError as err:
@@ -185,7 +188,10 @@ def _protect_video(protector, source: Path, output: Path, progress: bool) -> dic
     muxer = MUXERS.get(output.suffix.lower())
     if muxer is None:
         raise _VideoError("unsupported", f"videos are written as {', '.join(MUXERS)}; convert {source.suffix} first")
-    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    try:
+        sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    except OSError as err:
+        raise _VideoError("unreadable", f"cannot read the file ({err.strerror or err})") from err
     # ---- pass 1: detect and track
     container = _open_input(av, source)
     try:
