@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
@@ -111,3 +112,41 @@ def test_a_black_box_cannot_be_the_surrogate(tiny_overrides, tmp_path, capsys):
     with pytest.raises(SystemExit), friendly_errors():
         run(_cfg(overrides, tmp_path))
     assert "black box" in capsys.readouterr().err
+
+
+def _eval_cfg(overrides, out):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[*overrides, f"paths.output_dir={out}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_evaluate_retests_saved_masks_from_their_metadata(tiny_overrides, tmp_path):
+    from opom.pipeline import evaluate_saved
+
+    crafted = run(_cfg([*tiny_overrides, "method=class_center", "blackbox=[resnet_cosface]"], tmp_path / "run"))
+    mask_file = tmp_path / "run" / "masks.safetensors"
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    # same panel, nothing but the mask file given: the same numbers, written elsewhere
+    again = evaluate_saved(_eval_cfg([f"masks={mask_file}"], tmp_path / "eval"))
+    assert again["models"] == crafted["models"]
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["masks"] == str(mask_file.resolve())
+    # another panel and a robustness setting, without the surrogate
+    other = evaluate_saved(_eval_cfg([f"masks={mask_file}", "blackbox=[mobilefacenet_softmax]", "whitebox=false",
+                                      "evaluation.robustness=[jpeg50]"], tmp_path / "eval2"))
+    assert set(other["models"]) == {"mobilefacenet_softmax"} and set(other["models"]["mobilefacenet_softmax"]
+                                                                      ["robustness"]) == {"jpeg50"}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
+
+
+def test_evaluate_without_or_with_foreign_masks_is_one_clear_line(tmp_path, capsys):
+    from opom.masks import MaskSet, save_masks
+    from opom.pipeline import evaluate_saved
+
+    with pytest.raises(SystemExit), friendly_errors():
+        evaluate_saved(_eval_cfg([], tmp_path))
+    assert "give masks=" in capsys.readouterr().err
+    save_masks(tmp_path / "m.safetensors", MaskSet(torch.zeros(1, 3, 4, 4), ["x"], "s", "m", "a", 8.0, 4))
+    with pytest.raises(SystemExit), friendly_errors():
+        evaluate_saved(_eval_cfg([f"masks={tmp_path / 'm.safetensors'}"], tmp_path))
+    assert "no crafting config" in capsys.readouterr().err

@@ -11,14 +11,16 @@ from functools import partial
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from opom.data.protection import ProtectionDataModule
-from opom.errors import ConfigError
+from opom.data.protection import ProtectionDataModule, ProtectionSet
+from opom.errors import ConfigError, UserError
 from opom.evaluation.callbacks import MaskWriter, TransferEvaluation
 from opom.logs import quiet_lightning
+from opom.masks import MaskSet, load_masks
 from opom.methods import METHODS
 from opom.models.training import prepare_models
 from opom.models.zoo import build_face_model, model_key, preflight
@@ -45,11 +47,13 @@ def plain_config(cfg: DictConfig) -> dict:
             for k in cfg if k != "hydra"}
 
 
-def _specs(cfg: DictConfig) -> tuple[dict, dict[str, dict]]:
-    """The surrogate's and the black-box panel's model specs, checked before any data is read."""
-    surrogate_spec = OmegaConf.to_container(cfg.surrogate, resolve=True)
+def _specs(cfg: DictConfig, surrogate: bool = True) -> tuple[dict | None, dict[str, dict]]:
+    """The surrogate's (unless ``surrogate`` is false) and the black-box panel's model specs, checked before
+    any data is read."""
+    surrogate_spec = OmegaConf.to_container(cfg.surrogate, resolve=True) if surrogate else None
     panel_specs = {name: OmegaConf.to_container(spec, resolve=True) for name, spec in cfg.blackbox.items()}
-    preflight(surrogate_spec, "surrogate")  # weights problems surface before any data is read
+    if surrogate_spec:
+        preflight(surrogate_spec, "surrogate")  # weights problems surface before any data is read
     for name, spec in panel_specs.items():
         preflight(spec, f"blackbox.{name}")
     return surrogate_spec, panel_specs
@@ -60,10 +64,13 @@ def _models(cfg: DictConfig, dataset, surrogate_spec: dict, panel_specs: dict[st
     every model's cache key."""
     fr_train = OmegaConf.to_container(cfg.fr_train, resolve=True)
     build = partial(build_face_model, dataset=dataset, fr_train=fr_train, cache_dir=cfg.paths.cache_dir, log=log.info)
-    prepare_models([surrogate_spec, *panel_specs.values()], dataset, fr_train, cfg.paths.cache_dir, log=log.info)
-    keys = {name: model_key(spec, dataset, fr_train) for name, spec in panel_specs.items()}
-    keys[surrogate_spec["name"]] = model_key(surrogate_spec, dataset, fr_train)
-    return partial(build, surrogate_spec), {name: partial(build, spec) for name, spec in panel_specs.items()}, keys
+    specs = {name: spec for name, spec in panel_specs.items()}
+    if surrogate_spec:
+        specs[surrogate_spec["name"]] = surrogate_spec
+    prepare_models(list(specs.values()), dataset, fr_train, cfg.paths.cache_dir, log=log.info)
+    keys = {name: model_key(spec, dataset, fr_train) for name, spec in specs.items()}
+    build_surrogate = partial(build, surrogate_spec) if surrogate_spec else None
+    return build_surrogate, {name: partial(build, spec) for name, spec in panel_specs.items()}, keys
 
 
 def transfer_evaluation(cfg: DictConfig, panel: dict, keys: dict, run_info: dict) -> TransferEvaluation:
@@ -106,3 +113,55 @@ def run(cfg: DictConfig) -> dict:
     if isinstance(logger, WandbLogger):
         logger.experiment.finish()  # one wandb run per job, also inside a multirun
     return evaluation.results
+
+
+def _people_with_masks(protection: ProtectionSet, masks: MaskSet) -> tuple[ProtectionSet, torch.Tensor]:
+    """The people of ``protection`` that ``masks`` has a mask for, and their masks in the same order."""
+    have = set(masks.identities)
+    keep = [i for i, name in enumerate(protection.names) if name in have]
+    if not keep:
+        raise UserError(f"none of the dataset's {protection.num_identities} people has a mask in this file "
+                        f"(it has {len(masks.identities)}, e.g. {masks.identities[:3]}); test on the dataset the "
+                        f"masks were crafted for (leave dataset= unset)")
+    if len(keep) < protection.num_identities:
+        log.info("testing the %d of %d people that have a mask in this file", len(keep), protection.num_identities)
+    idx = torch.as_tensor(keep)
+    subset = ProtectionSet([protection.names[i] for i in keep], protection.mask_images[idx],
+                           protection.test_images[idx], protection.distractors)
+    return subset, torch.stack([masks.mask_for(name) for name in subset.names])
+
+
+def evaluate_saved(cfg: DictConfig) -> dict:
+    """``evaluate.py``: re-test a saved mask file against a panel, reading the rest from its metadata."""
+    quiet_lightning()
+    if OmegaConf.is_missing(cfg, "masks"):
+        raise UserError("which masks? give masks=path/to/masks.safetensors (written by run.py in its output folder)")
+    masks = load_masks(cfg.masks)
+    saved = masks.extra.get("config")
+    if not saved:
+        raise UserError(f"{cfg.masks!r} has no crafting config in its metadata (it was not written by run.py); "
+                        f"evaluate it with opom.evaluation.transfer.evaluate_model from Python instead")
+    job = OmegaConf.create(saved)
+    job.paths = cfg.paths  # this machine's cache and this job's output folder
+    if cfg.get("blackbox"):
+        job.blackbox = cfg.blackbox
+    if cfg.get("dataset"):
+        job.dataset = cfg.dataset
+    job.evaluation = cfg.evaluation
+    if not job.blackbox:
+        raise ConfigError("the black-box panel is empty: choose models, e.g. 'blackbox=[resnet_cosface]'")
+    surrogate_spec, panel_specs = _specs(job, surrogate=cfg.whitebox)
+    dataset = instantiate(job.dataset)
+    protection, mask_tensor = _people_with_masks(dataset.protection_set(), masks)
+    if masks.image_size != protection.image_size:
+        raise UserError(f"the masks are {masks.image_size}x{masks.image_size} but the dataset's faces are "
+                        f"{protection.image_size}x{protection.image_size}")
+    build_surrogate, panel, keys = _models(job, dataset, surrogate_spec, panel_specs)
+    run_info = {"method": masks.method, "attack": masks.attack, "surrogate": masks.surrogate, "eps": masks.eps,
+                "masks": str(Path(cfg.masks).resolve())}
+    evaluation = transfer_evaluation(job, panel, keys, run_info)
+    surrogate = build_surrogate() if cfg.whitebox and surrogate_spec else None
+    if surrogate is not None and not surrogate.differentiable:
+        surrogate = None
+    log.info("re-testing %d masks from %s -> %s", len(mask_tensor), cfg.masks, cfg.paths.output_dir)
+    return evaluation.evaluate(surrogate, protection, mask_tensor)
