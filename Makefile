@@ -41,6 +41,7 @@ test-all: $(VENV)/.dev $(PHOTOS)/.done ## run every test tier that this machine 
 bench: $(VENV)/.dev ## run the benchmarks; results land in experiments/benchmarks/*.md
 	$(PY) experiments/benchmarks/bench_zoo.py --out experiments/benchmarks/zoo_throughput.md
 	$(PY) experiments/benchmarks/bench_prepare.py --out experiments/benchmarks/prepare_throughput.md
+	$(PY) experiments/benchmarks/bench_cloak.py --out experiments/benchmarks/cloak_throughput.md
 
 lint: $(VENV)/.dev ## ruff
 	$(PY) -m ruff check src tests run.py

@@ -179,8 +179,9 @@ class Protector:
         h, w = rgb.shape[:2]
         entry: dict = {"format": photo.format, "mode": photo.mode, "size": [w, h], "orientation": photo.orientation,
                        "sha256": sha, "notes": list(photo.notes)}
+        t0 = time.perf_counter()
         choice = self.choose(rgb)
-        entry |= choice.to_dict()
+        entry |= choice.to_dict() | {"detect_s": round(time.perf_counter() - t0, 4)}
         if not choice.faces:
             return entry | {"outcome": "no_face", "reason": "no face found"}
         if not choice.chosen:
