@@ -90,12 +90,21 @@ class SignAttack:
         return AttackState(x=x, x_adv=x_adv)
 
     def _project(self, state: AttackState) -> torch.Tensor:
-        delta = (state.x_adv - state.x).mean(dim=1).clamp(-self.eps, self.eps)
-        state.x_adv = (state.x + delta.unsqueeze(1)).clamp(0, 1)
+        """Mask = the mean offset over images, clipped to +-eps; every image restarts at ``clip(x + mask)``.
+
+        Works in place on ``state.x_adv`` (a tensor the attack owns): the same arithmetic as the out-of-place
+        form, without allocating image-sized temporaries every iteration.
+        """
+        x_adv = state.x_adv.sub_(state.x)
+        delta = x_adv.mean(dim=1).clamp_(-self.eps, self.eps)
+        state.x_adv = torch.add(state.x, delta.unsqueeze(1), out=x_adv).clamp_(0, 1)
         return delta
 
     def update(self, state: AttackState, grad: torch.Tensor) -> torch.Tensor:
-        """One iteration from the loss gradient w.r.t. ``state.x_adv``; returns the masks (B, 3, H, W)."""
+        """One iteration from the loss gradient w.r.t. ``state.x_adv``; returns the masks (B, 3, H, W).
+
+        ``grad`` and ``state.x_adv`` may be overwritten (the crafter passes a fresh gradient each step).
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -108,7 +117,7 @@ class FIM(SignAttack):
     name = "fim"
 
     def update(self, state, grad):
-        state.x_adv = state.x_adv + self.step * grad.mean(dim=1, keepdim=True).sign()
+        state.x_adv = state.x_adv.add_(grad.mean(dim=1, keepdim=True).sign_(), alpha=self.step)
         return self._project(state)
 
 
@@ -137,9 +146,12 @@ class DFANetMI(SignAttack):
     def update(self, state, grad):
         dims = (1, 2, 3) if self.normalizer == "reference" else (2, 3, 4)
         scale = grad.abs().mean(dim=dims, keepdim=True).clamp_min(1e-12)
-        g = grad / scale
-        state.momentum = g if state.momentum is None else self.decay * state.momentum + g
-        state.x_adv = state.x_adv + self.step * state.momentum.sign()
+        g = grad.div_(scale)
+        if state.momentum is None:
+            state.momentum = g
+        else:
+            state.momentum = state.momentum.mul_(self.decay).add_(g)
+        state.x_adv = state.x_adv.add_(state.momentum.sign(), alpha=self.step)
         return self._project(state)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from opom.errors import ConfigError
-from opom.subspace import project_affine, project_convex
+from opom.subspace import convex_hull_weights, project_affine
 
 
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ class Method:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        fields = ", ".join(f"{k}={v}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
 
 
@@ -82,20 +82,32 @@ class ConvexHull(Method):
     ``upper < 1`` gives the reduced hull. For the first ``warmup`` iterations the class-center loss is
     used (the reference's ``nter``, 5 in the paper's scripts): each image starts at a vertex of its own
     hull, where distance and gradient are zero.
+
+    ``warm_start``: each projection after the first of a batch starts its exact active-set solve from the
+    previous iteration's weights (the features move little per step), which skips most of the solver's
+    work; the projection is the same to the solver's KKT tolerance. The first hull iteration of every batch
+    (``iteration == warmup``) solves from scratch, so a mask never depends on the batch crafted before it.
     """
 
     name = "convex_hull"
 
-    def __init__(self, lower: float = 0.0, upper: float = 1.0, warmup: int = 5):
+    def __init__(self, lower: float = 0.0, upper: float = 1.0, warmup: int = 5, warm_start: bool = True):
         if not lower <= upper:
             raise ConfigError(f"method.lower ({lower}) must not exceed method.upper ({upper})")
-        self.lower, self.upper, self.warmup = lower, upper, warmup
+        self.lower, self.upper, self.warmup, self.warm_start = lower, upper, warmup, warm_start
+        self._weights: torch.Tensor | None = None  # float64 (B, N, N) weights of the previous iteration
 
     def loss(self, adv, clean, iteration):
         if iteration < self.warmup:
+            self._weights = None
             return ClassCenter().loss(adv, clean, iteration)
-        target = project_convex(adv.detach(), clean.detach(), lower=self.lower, upper=self.upper)
-        return _mse(adv, target)
+        points, anchors = adv.detach().double(), clean.detach().double()
+        init = self._weights if self.warm_start and iteration > self.warmup else None
+        if init is not None and init.shape != (*points.shape[:2], anchors.shape[1]):
+            init = None
+        weights = convex_hull_weights(points, anchors, self.lower, self.upper, init=init)
+        self._weights = weights if self.warm_start else None
+        return _mse(adv, (weights @ anchors).to(adv.dtype))
 
 
 class RandomNoise(Method):

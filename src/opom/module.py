@@ -44,19 +44,18 @@ class MaskCrafter(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int):
         ids, iteration = batch["ids"], int(batch["iteration"])
-        x = batch["images"].to(self.masks.dtype) / 255.0
         if not self.method.crafts:  # random noise: one draw per identity, seeded by its index
-            shape, seed = tuple(x.shape[2:]), self.attack.seed * 1_000_003
-            noise = torch.stack([uniform_noise(shape, self.attack.eps, seed + int(i)) for i in ids]).to(x)
-            self.masks.data[ids] = noise
+            shape, seed = tuple(batch["images"].shape[2:]), self.attack.seed * 1_000_003
+            noise = torch.stack([uniform_noise(shape, self.attack.eps, seed + int(i)) for i in ids])
+            self.masks.data[ids] = noise.to(self.masks)
             return None
-        if iteration == 0:
-            self._state = self.attack.init_state(x)
+        if iteration == 0:  # the clean images are converted once per batch and kept in the attack state
+            self._state = self.attack.init_state(batch["images"].to(self.masks.dtype) / 255.0)
         state = self._state
         with torch.enable_grad(), feature_dropout(self.surrogate, self.attack.dropout):
             if state.clean_features is None or self.attack.recompute_clean:
                 with torch.no_grad():
-                    state.clean_features = self._features(x)
+                    state.clean_features = self._features(state.x)
             x_adv = state.x_adv.detach().requires_grad_(True)
             losses = self.method.loss(self._features(x_adv), state.clean_features, iteration)
             (grad,) = torch.autograd.grad(losses.sum(), x_adv)

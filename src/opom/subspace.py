@@ -439,6 +439,38 @@ def _active_set(
     return w, done
 
 
+def _feasible_start(w: Tensor, lower: float, upper: float) -> Tensor:
+    """Rows of ``w`` that are feasible (to 1e-12) are kept as they are, so that weights exactly on a bound stay
+    there and the active-set finish starts from the same working set; other rows are projected."""
+    inside = ((w >= lower) & (w <= upper)).all(dim=-1, keepdim=True)
+    feasible = inside & ((w.sum(dim=-1, keepdim=True) - 1.0).abs() <= 1e-12)
+    if bool(feasible.all()):
+        return w
+    return torch.where(feasible, w, _project_capped_simplex(w, lower, upper))
+
+
+def _fista_start(gram: Tensor, lin: Tensor, w0: Tensor, lower: float, upper: float, max_iter: int,
+                 tol: float) -> Tensor:
+    """The FISTA phase on the centred Gram matrix: a warm start for the active-set finish."""
+    bsz = gram.shape[0]
+    # FISTA runs on the centred Gram matrix Gc = P G P (P = I - 11^T / N).  On
+    # the feasible set {sum w = 1}, G w = Gc w + G 1 / N + (a multiple of 1),
+    # and the simplex projection ignores multiples of 1; so the gradient can
+    # be taken as Gc w - (b - G 1 / N), and the step size from Gc, the
+    # curvature along feasible directions.  The clustered anchors of one
+    # identity have G ~ N |mu|^2 11^T + small: centring removes that large
+    # eigenvalue and allows far larger steps.
+    row_mean = gram.mean(dim=-1, keepdim=True)  # (B, N, 1) = G 1 / N
+    centred = gram - row_mean
+    centred = centred - centred.mean(dim=-2, keepdim=True)
+    lin_c = lin - row_mean.transpose(1, 2)
+    # Gershgorin bounds on the largest eigenvalue of Gc (cheap and safe;
+    # lambda_max(Gc) <= lambda_max(G))
+    lip = torch.minimum(gram.abs().sum(dim=-1), centred.abs().sum(dim=-1))
+    lip = lip.amax(dim=-1).clamp(min=1e-12).view(bsz, 1, 1)
+    return _fista(centred, lin_c, w0, lip, lower, upper, max_iter, tol)
+
+
 @torch.no_grad()
 def _convex_weights64(
     pts: Tensor,
@@ -448,8 +480,13 @@ def _convex_weights64(
     max_iter: int,
     tol: float,
     max_active_set_iter: int | None,
+    init: Tensor | None = None,
 ) -> Tensor:
-    """float64 weights (B, M, N) for validated pts (B, M, D), anchors (B, N, D)."""
+    """float64 weights (B, M, N) for validated pts (B, M, D), anchors (B, N, D).
+
+    ``init`` (B, M, N), when given, replaces the FISTA phase: it is projected
+    onto the feasible set and the active-set finish starts from there.
+    """
     bsz, m, _ = pts.shape
     n = anchors.shape[1]
     lower, upper = _check_bounds(n, lower, upper)
@@ -468,22 +505,13 @@ def _convex_weights64(
         return w0
     gram = c @ c.transpose(1, 2)  # (B, N, N)
     lin = a @ c.transpose(1, 2)  # (B, M, N)
-    # FISTA runs on the centred Gram matrix Gc = P G P (P = I - 11^T / N).  On
-    # the feasible set {sum w = 1}, G w = Gc w + G 1 / N + (a multiple of 1),
-    # and the simplex projection ignores multiples of 1; so the gradient can
-    # be taken as Gc w - (b - G 1 / N), and the step size from Gc, the
-    # curvature along feasible directions.  The clustered anchors of one
-    # identity have G ~ N |mu|^2 11^T + small: centring removes that large
-    # eigenvalue and allows far larger steps.
-    row_mean = gram.mean(dim=-1, keepdim=True)  # (B, N, 1) = G 1 / N
-    centred = gram - row_mean
-    centred = centred - centred.mean(dim=-2, keepdim=True)
-    lin_c = lin - row_mean.transpose(1, 2)
-    # Gershgorin bounds on the largest eigenvalue of Gc (cheap and safe;
-    # lambda_max(Gc) <= lambda_max(G))
-    lip = torch.minimum(gram.abs().sum(dim=-1), centred.abs().sum(dim=-1))
-    lip = lip.amax(dim=-1).clamp(min=1e-12).view(bsz, 1, 1)
-    w_fista = _fista(centred, lin_c, w0, lip, lower, upper, max_iter, tol)
+    if init is not None:
+        if tuple(init.shape) != (bsz, m, n):
+            raise ValueError(f"init weights of shape {tuple(init.shape)} do not match the problem: "
+                             f"expected ({bsz}, {m}, {n}) (or ({bsz}, {n}) for one point per identity)")
+        w_fista = _feasible_start(init.to(device=c.device, dtype=torch.float64), lower, upper)
+    else:
+        w_fista = _fista_start(gram, lin, w0, lower, upper, max_iter, tol)
     ident = torch.arange(bsz, device=c.device).repeat_interleave(m)
     w_as, done = _active_set(
         gram,
@@ -504,15 +532,25 @@ def _convex_weights64(
     return torch.where(done | keep, w_as, w_fista)
 
 
+def _init(init: Tensor | None, squeeze: bool) -> Tensor | None:
+    """Starting weights as (B, M, N), following the points' (B, D) convention."""
+    if init is None:
+        return None
+    if not isinstance(init, Tensor) or not init.is_floating_point():
+        raise TypeError("init must be a floating point torch.Tensor of weights")
+    return init.unsqueeze(1) if squeeze else init
+
+
 def convex_hull_weights(
     points: Tensor,
     anchors: Tensor,
     lower: float = 0.0,
     upper: float = 1.0,
     *,
-    max_iter: int = 500,
+    max_iter: int = 25,
     tol: float = 1e-4,
     max_active_set_iter: int | None = None,
+    init: Tensor | None = None,
 ) -> Tensor:
     """Weights of the Euclidean projection onto the (reduced) convex hull.
 
@@ -538,6 +576,11 @@ def convex_hull_weights(
             result exact; ``tol`` only trades the work of the two phases).
         max_active_set_iter: iteration cap of the active-set finish
             (default ``3 N + 10``).
+        init: optional starting weights of the shape of the result, e.g.
+            the solution for nearby points (the previous attack iteration);
+            the FISTA phase is then skipped and the active-set finish starts
+            from ``init`` projected onto the feasible set.  The result is the
+            same projection (to the KKT tolerance); only the work changes.
 
     Returns:
         ``(B, M, N)`` (or ``(B, N)``) feasible weights in the dtype of
@@ -545,7 +588,7 @@ def convex_hull_weights(
         the projected point ``w @ anchors`` is.
     """
     pts, squeeze = _prepare(points, anchors)
-    w = _convex_weights64(pts, anchors, lower, upper, max_iter, tol, max_active_set_iter)
+    w = _convex_weights64(pts, anchors, lower, upper, max_iter, tol, max_active_set_iter, _init(init, squeeze))
     w = w.to(points.dtype)
     return w.squeeze(1) if squeeze else w
 
@@ -556,9 +599,10 @@ def project_convex(
     lower: float = 0.0,
     upper: float = 1.0,
     *,
-    max_iter: int = 500,
+    max_iter: int = 25,
     tol: float = 1e-4,
     max_active_set_iter: int | None = None,
+    init: Tensor | None = None,
 ) -> Tensor:
     """Euclidean projection onto the (reduced) convex hull of the anchors.
 
@@ -568,13 +612,13 @@ def project_convex(
     Args:
         points: ``(B, M, D)`` (or ``(B, D)``) points.
         anchors: ``(B, N, D)`` anchors.
-        lower, upper, max_iter, tol, max_active_set_iter: see
+        lower, upper, max_iter, tol, max_active_set_iter, init: see
             :func:`convex_hull_weights`.
 
     Returns:
         Projections with the shape and dtype of ``points``.
     """
     pts, squeeze = _prepare(points, anchors)
-    w = _convex_weights64(pts, anchors, lower, upper, max_iter, tol, max_active_set_iter)
+    w = _convex_weights64(pts, anchors, lower, upper, max_iter, tol, max_active_set_iter, _init(init, squeeze))
     proj = (w @ anchors.to(torch.float64)).to(points.dtype)
     return proj.squeeze(1) if squeeze else proj

@@ -81,7 +81,9 @@ class IdentityChunks(Dataset):
 
     def __getitem__(self, k: int) -> dict:
         ids = self.chunks[k // self.iterations]
-        return {"ids": ids, "images": self.images[ids], "iteration": k % self.iterations}
+        # a chunk is a contiguous range: a view of the uint8 images, never a copy
+        images = self.images[int(ids[0]):int(ids[-1]) + 1]
+        return {"ids": ids, "images": images, "iteration": k % self.iterations}
 
 
 class ProtectionDataModule(L.LightningDataModule):

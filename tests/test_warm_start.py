@@ -1,0 +1,49 @@
+"""Warm-started convex-hull projections (the crafter's fast path) give the cold-start answer."""
+
+import pytest
+import torch
+from helpers import TinyNet
+
+from opom.methods import METHODS
+from opom.subspace import convex_hull_weights, project_convex
+
+
+def _clustered(seed, b=4, m=6, n=8, d=32):
+    g = torch.Generator().manual_seed(seed)
+    center = torch.nn.functional.normalize(torch.randn(b, 1, d, generator=g, dtype=torch.float64), dim=-1)
+    anchors = torch.nn.functional.normalize(center + 0.2 * torch.randn(b, n, d, generator=g, dtype=torch.float64),
+                                            dim=-1)
+    points = torch.nn.functional.normalize(center + 0.3 * torch.randn(b, m, d, generator=g, dtype=torch.float64),
+                                           dim=-1)
+    return points, anchors
+
+
+@pytest.mark.parametrize("lower,upper", [(0.0, 1.0), (0.0, 0.3), (0.05, 0.5)])
+def test_warm_start_from_nearby_solution_equals_cold(lower, upper):
+    points, anchors = _clustered(0)
+    previous = convex_hull_weights(points, anchors, lower, upper)
+    moved = torch.nn.functional.normalize(points + 0.05 * torch.randn_like(points), dim=-1)
+    cold = project_convex(moved, anchors, lower, upper)
+    warm = project_convex(moved, anchors, lower, upper, init=previous)
+    torch.testing.assert_close(warm, cold, rtol=0, atol=1e-10)
+    # infeasible starting weights are projected first, the answer is the same
+    bad = project_convex(moved, anchors, lower, upper, init=torch.randn_like(previous))
+    torch.testing.assert_close(bad, cold, rtol=0, atol=1e-10)
+
+
+def test_warm_start_shape_is_checked():
+    points, anchors = _clustered(1)
+    with pytest.raises(ValueError, match="init weights of shape"):
+        convex_hull_weights(points, anchors, init=torch.zeros(4, 6, 3, dtype=torch.float64))
+
+
+def test_convex_hull_method_warm_and_cold_give_the_same_loss():
+    g = torch.Generator().manual_seed(0)
+    net = TinyNet().double()
+    x = torch.rand(3, 5, 3, 8, 8, generator=g, dtype=torch.float64)
+    clean = torch.nn.functional.normalize(net(x.flatten(0, 1)), dim=1).view(3, 5, -1)
+    warm, cold = METHODS["convex_hull"](warmup=1), METHODS["convex_hull"](warmup=1, warm_start=False)
+    for it in range(5):
+        adv = torch.nn.functional.normalize(net((x + 0.02 * it).flatten(0, 1)), dim=1).view(3, 5, -1)
+        torch.testing.assert_close(warm.loss(adv, clean, it), cold.loss(adv, clean, it), rtol=0, atol=1e-12)
+    assert "_weights" not in repr(warm) and "warm_start=True" in repr(warm)
