@@ -42,21 +42,36 @@ def embed(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torc
 
 
 class GalleryEmbeddings:
-    """Read access to a finished embedding file: ``len()``, ``dim`` and ``chunks(size)`` of float32 (b, D)."""
+    """Read access to a finished embedding file: ``len()``, ``dim`` and ``chunks(size)`` of float32 (b, D).
+
+    Rows are read with plain file reads, not a memory map, so a pass over a 2 GB file does not leave 2 GB of
+    mapped pages in the process.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._array = np.load(self.path, mmap_mode="r")
+        with open(self.path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            self._offset = f.tell()
+        if fortran or dtype != np.float32 or len(shape) != 2:
+            raise ValueError(f"{self.path} is not a (N, D) float32 embedding file")
+        self._shape = shape
 
     def __len__(self) -> int:
-        return self._array.shape[0]
+        return self._shape[0]
 
     @property
     def dim(self) -> int:
-        return self._array.shape[1]
+        return self._shape[1]
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(self._array[start:stop], dtype=np.float32))
+        start, stop = max(0, start), min(stop, len(self))
+        with open(self.path, "rb") as f:
+            f.seek(self._offset + start * self.dim * 4)
+            data = np.fromfile(f, dtype=np.float32, count=max(0, stop - start) * self.dim)
+        return torch.from_numpy(data.reshape(-1, self.dim))
 
     def chunks(self, size: int = 8192) -> Iterator[torch.Tensor]:
         for start in range(0, len(self), size):
@@ -66,22 +81,22 @@ class GalleryEmbeddings:
 def _write(model: nn.Module, gallery: Gallery, path: Path, batch_size: int) -> None:
     """Embed ``gallery`` into ``path`` (.npy) chunk by chunk; the file appears only when complete."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy.tmp")
-    os.close(fd)
     try:
-        array, row = None, 0
-        for images in gallery.chunks(batch_size):
-            e = embed(model, images, batch_size).numpy()
-            if array is None:
-                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(gallery), e.shape[1]))
-            array[row:row + len(e)] = e
-            row += len(e)
-        if array is None:
-            np.save(tmp, np.zeros((0, 0), np.float32), allow_pickle=False)
-        else:
-            if row != len(gallery):
-                raise RuntimeError(f"the gallery yielded {row} images, not the {len(gallery)} it announced")
-            array.flush()
-            del array
+        with os.fdopen(fd, "wb") as f:
+            rows, dim = 0, None
+            for images in gallery.chunks(batch_size):
+                e = np.ascontiguousarray(embed(model, images, batch_size).numpy(), dtype=np.float32)
+                if dim is None:
+                    dim = e.shape[1]
+                    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                              "shape": (len(gallery), dim)}
+                    np.lib.format.write_array_header_2_0(f, header)
+                f.write(e.tobytes())
+                rows += len(e)
+            if dim is None:
+                np.lib.format.write_array_header_2_0(f, {"descr": "<f4", "fortran_order": False, "shape": (0, 0)})
+            if rows != len(gallery):
+                raise RuntimeError(f"the gallery yielded {rows} images, not the {len(gallery)} it announced")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
