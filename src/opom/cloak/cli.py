@@ -8,6 +8,8 @@ photo protected against every panel model), 1 when some did not (the report says
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 
 from opom.cli_errors import friendly_errors
@@ -157,11 +159,35 @@ def _check(args) -> int:
     return 0 if result.rows and all(r["protected"] for r in result.rows) else 1
 
 
+class _NotErrors(logging.Filter):
+    """friendly_errors prints the error line itself; keep the log handler from printing it twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error:")
+
+
+@contextlib.contextmanager
+def _console_logging():
+    """While a command runs, show the package's notices (e.g. converting SFace, one time) on stderr, once."""
+    log = logging.getLogger("opom")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_NotErrors())
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run = {"enroll": _enroll, "protect": _protect, "check": _check}[args.command]
     try:
-        with friendly_errors():
+        with _console_logging(), friendly_errors():
             return run(args)
     except SystemExit as exc:  # friendly_errors ends bad input with status 2
         return exc.code if isinstance(exc.code, int) else 2
