@@ -18,7 +18,7 @@ $(VENV)/.base: pyproject.toml
 	@touch $@
 
 $(VENV)/.dev: $(VENV)/.base
-	$(PY) -m pip install -q -e '.[dev,zoo]'
+	$(PY) -m pip install -q -e '.[dev,zoo,scale]'
 	@touch $@
 
 $(PHOTOS)/.done:

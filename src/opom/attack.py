@@ -40,6 +40,12 @@ def uniform_noise(shape: tuple[int, ...], eps: float, seed: int, device=None) ->
     return ((torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * eps).float().to(device)
 
 
+def batch_seed(seed: int, first_identity: int) -> int:
+    """Seed of the random draws of the batch whose first person is ``first_identity`` (DFANet dropout): the
+    same batch draws the same dropout masks in any job, alone or in an identity shard."""
+    return (int(seed) * 1_000_003 + int(first_identity)) % (2**63 - 1)
+
+
 @contextlib.contextmanager
 def feature_dropout(model: nn.Module, p: float):
     """DFANet: apply always-on dropout(p) to the output of each of the model's ``dfanet_sites()``.
@@ -128,7 +134,9 @@ class DFANetMI(SignAttack):
     branch; clean features are recomputed through it at every step. Momentum accumulates per image with
     decay ``decay`` (1 in the reference). ``normalizer='reference'`` divides the gradient by its mean
     absolute value over images, channels and rows — one scale per pixel column, the reference's quirk;
-    ``normalizer='l1'`` is the standard MI-FGSM per-image L1 normaliser (labelled extension).
+    ``normalizer='l1'`` is the standard MI-FGSM per-image L1 normaliser (labelled extension). The crafter
+    seeds the dropout at the start of every batch with :func:`batch_seed`, so a batch's masks do not depend
+    on what ran before it (model training, other batches, other shards).
     """
 
     name = "dfanet_mi"

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from opom.attack import AttackState, SignAttack, feature_dropout, uniform_noise
+from opom.attack import AttackState, SignAttack, batch_seed, feature_dropout, uniform_noise
 from opom.methods import Method
 
 
@@ -44,13 +44,16 @@ class MaskCrafter(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int):
         ids, iteration = batch["ids"], int(batch["iteration"])
+        people = batch.get("identities", ids)  # positions in the whole protection set (differs in a shard)
         if not self.method.crafts:  # random noise: one draw per identity, seeded by its index
             shape, seed = tuple(batch["images"].shape[2:]), self.attack.seed * 1_000_003
-            noise = torch.stack([uniform_noise(shape, self.attack.eps, seed + int(i)) for i in ids])
+            noise = torch.stack([uniform_noise(shape, self.attack.eps, seed + int(i)) for i in people])
             self.masks.data[ids] = noise.to(self.masks)
             return None
         if iteration == 0:  # the clean images are converted once per batch and kept in the attack state
             self._state = self.attack.init_state(batch["images"].to(self.masks.dtype) / 255.0)
+            if self.attack.dropout > 0:  # DFANet's dropout draws depend on this batch only, not on the job
+                torch.manual_seed(batch_seed(self.attack.seed, int(people[0])))
         state = self._state
         with torch.enable_grad(), feature_dropout(self.surrogate, self.attack.dropout):
             if state.clean_features is None or self.attack.recompute_clean:

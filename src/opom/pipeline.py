@@ -25,6 +25,7 @@ from opom.methods import METHODS
 from opom.models.training import prepare_models
 from opom.models.zoo import build_face_model, model_key, preflight
 from opom.module import MaskCrafter
+from opom.shards import Shard, shard_trainer
 
 log = logging.getLogger("opom")
 
@@ -89,7 +90,10 @@ def run(cfg: DictConfig) -> dict:
     attack = instantiate(cfg.attack)
     surrogate_spec, panel_specs = _specs(cfg)
     dataset = instantiate(cfg.dataset)
-    protection = dataset.protection_set()
+    shard = Shard.from_config(cfg.get("shard"))
+    protection, shard_info = shard.select(dataset.protection_set(), cfg.identities_per_batch)
+    if shard.count > 1:  # a shard only crafts; its masks are tested once merged (opom-merge-masks, evaluate.py)
+        panel_specs = {}
     build_surrogate, panel, keys = _models(cfg, dataset, surrogate_spec, panel_specs)
     surrogate = build_surrogate()
     if not surrogate.differentiable:
@@ -97,21 +101,27 @@ def run(cfg: DictConfig) -> dict:
                           f"evaluated, e.g. 'blackbox=[{cfg.surrogate.name}]'; pick a differentiable surrogate")
 
     run_info = {"method": method.name, "attack": attack.name, "surrogate": cfg.surrogate.name, "eps": attack.eps_levels,
-                "config": plain_config(cfg)}
+                "config": {**plain_config(cfg), "shard": shard_info}}
     evaluation = transfer_evaluation(cfg, panel, keys, run_info)
-    callbacks = [MaskWriter(out, run_info), evaluation]
+    callbacks = [MaskWriter(out, run_info)] + ([evaluation] if shard.count == 1 else [])
     callbacks += [instantiate(c) for c in (cfg.get("extra_callbacks") or {}).values()]
 
     module = MaskCrafter(surrogate, method, attack, protection.num_identities, protection.image_size)
     iterations = attack.iterations if method.crafts else 1
-    datamodule = ProtectionDataModule(protection, cfg.identities_per_batch, iterations)
+    datamodule = ProtectionDataModule(protection, cfg.identities_per_batch, iterations, shard_info["start"])
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = L.Trainer(**cfg.trainer, max_epochs=1, logger=logger, callbacks=callbacks, enable_checkpointing=False)
+    trainer = L.Trainer(**shard_trainer(cfg.trainer, shard), max_epochs=1, logger=logger, callbacks=callbacks,
+                        enable_checkpointing=False)
     log.info("crafting %d masks: %s, %s, surrogate %s -> %s", protection.num_identities, method, attack,
              cfg.surrogate.name, out)
+    if shard.count > 1:
+        log.info("shard %d of %d: people %d..%d of %d", shard.index, shard.count, shard_info["start"],
+                 shard_info["stop"] - 1, shard_info["total"])
     trainer.fit(module, datamodule=datamodule)
     if isinstance(logger, WandbLogger):
         logger.experiment.finish()  # one wandb run per job, also inside a multirun
+    if shard.count > 1:
+        return {**{k: v for k, v in run_info.items() if k != "config"}, "shard": shard_info, "models": {}}
     return evaluation.results
 
 

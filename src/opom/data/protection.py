@@ -69,10 +69,12 @@ class IdentityChunks(Dataset):
 
     Item ``k`` is chunk ``k // iterations`` at iteration ``k % iterations``: one Lightning training step is
     one attack iteration, and only the current chunk's optimisation state is ever held in memory.
+    ``ids`` index the rows of ``mask_images``; ``identities`` are the same people's positions in the whole
+    protection set (``first_identity`` + row, for a shard of it), which seed anything drawn per identity.
     """
 
-    def __init__(self, mask_images: torch.Tensor, chunk_size: int, iterations: int):
-        self.images, self.iterations = mask_images, iterations
+    def __init__(self, mask_images: torch.Tensor, chunk_size: int, iterations: int, first_identity: int = 0):
+        self.images, self.iterations, self.first_identity = mask_images, iterations, first_identity
         n = mask_images.shape[0]
         self.chunks = [torch.arange(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
 
@@ -83,18 +85,22 @@ class IdentityChunks(Dataset):
         ids = self.chunks[k // self.iterations]
         # a chunk is a contiguous range: a view of the uint8 images, never a copy
         images = self.images[int(ids[0]):int(ids[-1]) + 1]
-        return {"ids": ids, "images": images, "iteration": k % self.iterations}
+        return {"ids": ids, "identities": ids + self.first_identity, "images": images,
+                "iteration": k % self.iterations}
 
 
 class ProtectionDataModule(L.LightningDataModule):
     """Serves a :class:`ProtectionSet` to the mask crafter, ``identities_per_batch`` identities at a time."""
 
-    def __init__(self, protection: ProtectionSet, identities_per_batch: int, iterations: int):
+    def __init__(self, protection: ProtectionSet, identities_per_batch: int, iterations: int,
+                 first_identity: int = 0):
         super().__init__()
         if identities_per_batch < 1:
             raise DatasetError(f"identities_per_batch must be >= 1, got {identities_per_batch}")
         self.protection, self.identities_per_batch, self.iterations = protection, identities_per_batch, iterations
+        self.first_identity = first_identity  # position of the first person in the whole set (identity shards)
 
     def train_dataloader(self) -> DataLoader:
-        chunks = IdentityChunks(self.protection.mask_images, self.identities_per_batch, self.iterations)
+        chunks = IdentityChunks(self.protection.mask_images, self.identities_per_batch, self.iterations,
+                                self.first_identity)
         return DataLoader(chunks, batch_size=None, shuffle=False)
