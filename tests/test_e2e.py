@@ -54,11 +54,13 @@ def test_main_job_writes_results_masks_and_preview(tiny_overrides, tmp_path):
     assert (tmp_path / "csv" / "metrics.csv").exists()
 
 
-def test_wandb_logger_runs_offline(tiny_overrides, tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    run(_cfg([*tiny_overrides, "method=class_center", "blackbox=[resnet_cosface]", "logger=wandb"], tmp_path))
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
+def test_wandb_groups_a_sweep_and_names_its_jobs():
+    from opom.resolvers import wandb_group, wandb_name
+
+    assert wandb_group("RunMode.MULTIRUN", "multirun/2026-11-29/10-00-00") == "sweep multirun/2026-11-29/10-00-00"
+    assert wandb_group("RunMode.RUN", "multirun/x") == wandb_group(None, None) == "runs"
+    assert wandb_name("RunMode.MULTIRUN", "method=affine_hull", 3, "outputs/x") == "method=affine_hull"
+    assert wandb_name("RunMode.RUN", "", None, "outputs/2026-11-29/10-00-00") == "outputs/2026-11-29/10-00-00"
 
 
 @pytest.mark.parametrize("override,message", [
@@ -78,14 +80,26 @@ def _cli(args, cwd, tiny):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_cli_multirun_writes_a_sweep_summary(tiny_overrides, tmp_path):
-    proc = _cli(["-m", "method=random_noise,class_center", "blackbox=[resnet_cosface]",
-                 f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path, tiny_overrides)
+def test_cli_multirun_writes_a_sweep_summary_figures_and_one_wandb_run_per_job(tiny_overrides, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    sweep = tmp_path / "sweep"
+    proc = _cli(["-m", "method=random_noise,class_center", "blackbox=[resnet_cosface]", "logger=wandb",
+                 f"hydra.sweep.dir={sweep}"], tmp_path, tiny_overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = (tmp_path / "sweep" / "summary.md").read_text()
+    summary = (sweep / "summary.md").read_text()
     assert "| random_noise |" in summary and "| class_center |" in summary and "resnet_cosface" in summary
-    methods = sorted(json.loads(p.read_text())["method"] for p in (tmp_path / "sweep").glob("*/results.json"))
-    assert methods == ["class_center", "random_noise"]
+    jobs = sorted(p.parent for p in sweep.glob("*/results.json"))
+    assert sorted(json.loads((j / "results.json").read_text())["method"] for j in jobs) == ["class_center",
+                                                                                          "random_noise"]
+    for figure in ("psr_per_model.png", "examples_grid.png"):  # synthetic faces: examples allowed by default
+        assert (sweep / figure).stat().st_size > 10_000
+    assert not (sweep / "psr_vs_eps.png").exists()  # a single eps: nothing to plot against
+    for job in jobs:  # one offline wandb run per job, with the mask preview but no face image
+        (run,) = list((job / "wandb").glob("offline-run-*"))
+        media = [p.name for p in run.rglob("*.png")]
+        assert any(m.startswith("masks_preview") for m in media) and not any("examples" in m for m in media)
+    (summary_run,) = list((sweep / "wandb").glob("offline-run-*"))
+    assert {p.name.split("_")[0] for p in summary_run.rglob("*.png")} == {"psr"}  # no faces unless enabled
 
 
 def test_cli_unknown_method_names_the_choices(tmp_path):

@@ -266,6 +266,8 @@ class SyntheticFaces:
     cached under ``cache_dir``.
     """
 
+    real_people = False  # figures may show its faces (privacy.face_images=auto)
+
     def __init__(self, seed: int = 0, identities: int = 30, images_per_identity: int = 15, mask_images: int = 10,
                  test_images: int = 5, distractors: int = 500, train_identities: int = 300, train_images: int = 12,
                  texture: float = 1.0, nuisance: float = 1.0, noise: float = 0.02, cache_dir: str | None = None):

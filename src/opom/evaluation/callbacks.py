@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 from torch import nn
 
+from opom.evaluation.plots import example_strip
 from opom.evaluation.transfer import evaluate_model, mask_image_quality
 from opom.masks import MaskSet, save_masks, save_preview
 
@@ -27,10 +28,14 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 class MaskWriter(L.Callback):
-    """After crafting, save ``masks.safetensors`` (self-describing) and ``masks_preview.png``."""
+    """After crafting, save ``masks.safetensors`` (self-describing) and ``masks_preview.png``; with
+    ``examples`` (faces allowed in figures, see ``privacy.face_images``) also ``examples.png``: clean, mask and
+    protected test face of the first identities."""
 
-    def __init__(self, output_dir: str | Path, run_info: dict, preview: bool = True):
+    def __init__(self, output_dir: str | Path, run_info: dict, preview: bool = True, examples: bool = False,
+                 max_examples: int = 8):
         self.output_dir, self.run_info, self.preview = Path(output_dir), run_info, preview
+        self.examples, self.max_examples = examples, max_examples
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         names = trainer.datamodule.protection.names
@@ -42,6 +47,10 @@ class MaskWriter(L.Callback):
         log.info("masks saved to %s", path)
         if self.preview:
             save_preview(self.output_dir / "masks_preview.png", ms.masks, ms.eps)
+        if self.examples:
+            k = self.max_examples
+            clean = trainer.datamodule.protection.test_images[:k, 0]
+            example_strip(clean, ms.masks[:k], ms.eps, self.output_dir / "examples.png")
 
 
 def format_table(results: dict) -> str:
@@ -101,3 +110,38 @@ class TransferEvaluation(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({f"eval/{name}/{k}": float(v) for name, r in results["models"].items()
                                 for k, v in r.items() if isinstance(v, (int, float))})
+
+
+class WandbReport(L.Callback):
+    """With ``logger=wandb``, after the evaluation: the results as a table and a bar chart, the summary numbers,
+    the mask preview (masks only, no face) and — only when ``face_images`` is true — the example faces."""
+
+    def __init__(self, evaluation: TransferEvaluation, output_dir: str | Path, face_images: bool = False):
+        self.evaluation, self.output_dir, self.face_images = evaluation, Path(output_dir), face_images
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import wandb
+        from lightning.pytorch.loggers import WandbLogger
+
+        results = self.evaluation.results
+        runs = [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not results or not runs:
+            return
+        columns = ["model", "whitebox", "clean_top1", "psr_top1", "psr_top5", "psr_top10",
+                   "tar_clean@far0.001", "tar_protected@far0.001"]
+        table = wandb.Table(columns=columns, data=[[name] + [r.get(c) for c in columns[1:]]
+                                                   for name, r in results["models"].items()])
+        blackbox = [r["psr_top1"] for r in results["models"].values() if not r["whitebox"]]
+        payload = {"results": table,
+                   "psr_top1_per_model": wandb.plot.bar(table, "model", "psr_top1", title="PSR@1 per model"),
+                   "psr_top1_blackbox_mean": sum(blackbox) / max(len(blackbox), 1),
+                   **{f"image_quality/{k}": v for k, v in (results.get("image_quality") or {}).items()}}
+        if (self.output_dir / "masks_preview.png").exists():
+            payload["masks_preview"] = wandb.Image(str(self.output_dir / "masks_preview.png"),
+                                                   caption="masks, mid-grey = 0, +-eps stretched")
+        if self.face_images and (self.output_dir / "examples.png").exists():
+            payload["examples"] = wandb.Image(str(self.output_dir / "examples.png"),
+                                              caption="rows: clean | mask | protected")
+        for run in runs:
+            run.log(payload)
+            run.summary["psr_top1_blackbox_mean"] = payload["psr_top1_blackbox_mean"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 import torch.nn.functional as F
 
@@ -93,48 +95,82 @@ def protection_rates(clean: torch.Tensor, protected: torch.Tensor, distractors: 
     return rates_from_hits(*counters, ks)
 
 
-class ScoreQuantiles:
-    """Exact order statistics of a stream of similarity scores in [-1, 1], in bounded memory, in two passes.
-
-    Pass 1 (:meth:`count`) builds a 65536-bin histogram; :meth:`plan` finds the bin that holds each wanted
-    rank; pass 2 (:meth:`collect`, fed the same scores again) keeps only the scores in those bins, so
-    :meth:`value` is exact while memory is the histogram plus a few bins' worth of scores.
-    """
+class Histogram:
+    """A 65536-bin histogram of scores on [lo, hi), plus an underflow and an overflow bin (cosine scores can
+    leave [-1, 1] by rounding). Bins are numbered in increasing score order: 0 below ``lo``, 1..BINS, BINS + 1."""
 
     BINS = 1 << 16
 
-    def __init__(self):
-        self.counts = torch.zeros(self.BINS + 2, dtype=torch.long)  # with under- and overflow bins
+    def __init__(self, lo: float = -1.0, hi: float = 1.0):
+        self.lo, self.hi = lo, hi
+        self.counts = torch.zeros(self.BINS + 2, dtype=torch.long)
         self.n = 0
-        self._wanted: dict[int, tuple[int, int]] = {}  # rank -> (bin, rank within the bin)
-        self._kept: dict[int, list[torch.Tensor]] = {}
 
-    def _bins(self, scores: torch.Tensor) -> torch.Tensor:
-        """Bin of each score, monotone in the score: 0 below -1, 1..BINS on [-1, 1], BINS + 1 above."""
-        scaled = (scores.double().flatten() + 1.0) * (self.BINS / 2.0)
+    def bins(self, scores: torch.Tensor) -> torch.Tensor:
+        scaled = (scores.double().flatten() - self.lo) * (self.BINS / (self.hi - self.lo))
         return scaled.floor_().clamp_(-1, self.BINS).long() + 1
 
-    def count(self, scores: torch.Tensor) -> None:
-        self.counts += torch.bincount(self._bins(scores), minlength=self.BINS + 2)
+    def add(self, scores: torch.Tensor) -> None:
+        self.counts += torch.bincount(self.bins(scores), minlength=self.BINS + 2)
         self.n += scores.numel()
 
-    def plan(self, ranks: list[int]) -> None:
-        """Ranks are 0-based in descending order (rank 0 = the highest score), each < n."""
+    def locate(self, rank: int) -> tuple[int, int]:
+        """The bin holding the score of 0-based descending ``rank`` (< n), and the rank within that bin."""
         above = torch.cumsum(self.counts.flip(0), 0).flip(0) - self.counts  # scores in higher bins
-        for r in ranks:
-            b = int(torch.nonzero((above <= r) & (r < above + self.counts))[0])
-            self._wanted[r] = (b, r - int(above[b]))
-            self._kept.setdefault(b, [])
+        b = int(torch.nonzero((above <= rank) & (rank < above + self.counts))[0])
+        return b, rank - int(above[b])
 
-    def collect(self, scores: torch.Tensor) -> None:
-        scores = scores.double().flatten()
-        bins = self._bins(scores)
-        for b, kept in self._kept.items():
-            kept.append(scores[bins == b])
+    def bin_range(self, b: int) -> tuple[float, float] | None:
+        """[lo, hi) of an inner bin; None for the under- and overflow bins."""
+        if not 1 <= b <= self.BINS:
+            return None
+        width = (self.hi - self.lo) / self.BINS
+        return self.lo + (b - 1) * width, self.lo + b * width
 
-    def value(self, rank: int) -> float:
-        b, within = self._wanted[rank]
-        return torch.sort(torch.cat(self._kept[b]), descending=True).values[within].item()
+
+def ranked_scores(first: Histogram, ranks: list[int], rescan: Callable[[], Iterable[torch.Tensor]],
+                  cap: int = 1 << 20) -> dict[int, float]:
+    """Exact scores at 0-based descending ``ranks`` of a stream of scores, in bounded memory.
+
+    ``first`` is the histogram of the whole stream (built during the caller's own pass); ``rescan()`` streams
+    the same scores again, in any chunking. One more pass keeps only the scores in the bins that hold the
+    wanted ranks; a bin with more than ``cap`` scores is not kept but histogrammed again over its own range,
+    one pass per level, until it is small enough (or all its scores are equal).
+    """
+    todo = {r: ([(first, first.locate(r)[0])], first.locate(r)[1]) for r in ranks}
+    out: dict[int, float] = {}
+    while todo:
+        refine = {}
+        for r, (chain, _) in todo.items():
+            h, b = chain[-1]
+            span = h.bin_range(b)
+            if h.counts[b] > cap and span is not None:
+                refine[r] = Histogram(*span)
+        kept = {r: [] for r in todo if r not in refine}
+        spread = {r: [float("inf"), float("-inf")] for r in refine}
+        for scores in rescan():
+            scores = scores.double().flatten()
+            for r, (chain, _) in todo.items():
+                member = torch.ones_like(scores, dtype=torch.bool)
+                for h, b in chain:
+                    member &= h.bins(scores) == b
+                selected = scores[member]
+                if r in kept:
+                    kept[r].append(selected)
+                elif selected.numel():
+                    refine[r].add(selected)
+                    spread[r] = [min(spread[r][0], selected.min().item()), max(spread[r][1], selected.max().item())]
+        for r, parts in kept.items():
+            out[r] = torch.sort(torch.cat(parts), descending=True).values[todo[r][1]].item()
+        next_todo = {}
+        for r, h in refine.items():
+            if spread[r][0] == spread[r][1]:  # one value repeated more than cap times
+                out[r] = spread[r][0]
+                continue
+            b, within = h.locate(todo[r][1])
+            next_todo[r] = (todo[r][0] + [(h, b)], within)
+        todo = next_todo
+    return out
 
 
 def far_ranks(n_impostors: int, fars: tuple[float, ...]) -> dict[float, int | None]:
@@ -143,9 +179,14 @@ def far_ranks(n_impostors: int, fars: tuple[float, ...]) -> dict[float, int | No
     return {far: (int(far * n_impostors) if int(far * n_impostors) < n_impostors else None) for far in fars}
 
 
-def threshold_from(quantiles: ScoreQuantiles, rank: int | None, lowest: float) -> float:
-    """The threshold at a FAR: the score at ``rank`` plus an epsilon (so that score itself is rejected)."""
-    return lowest if rank is None else quantiles.value(rank) + 1e-12
+def thresholds_at_far(first: Histogram, fars: tuple[float, ...], rescan: Callable[[], Iterable[torch.Tensor]],
+                      lowest: float) -> dict[float, float]:
+    """The verification threshold at each FAR from the impostor scores' histogram: the score at the FAR's
+    rank plus an epsilon (so that score itself is rejected), or ``lowest`` (the lowest impostor score) when the
+    FAR allows every impostor."""
+    ranks = far_ranks(first.n, fars)
+    values = ranked_scores(first, sorted({r for r in ranks.values() if r is not None}), rescan)
+    return {far: lowest if rank is None else values[rank] + 1e-12 for far, rank in ranks.items()}
 
 
 def tar_at_far(genuine: torch.Tensor, impostor: torch.Tensor,
@@ -157,17 +198,12 @@ def tar_at_far(genuine: torch.Tensor, impostor: torch.Tensor,
     impostor scores the threshold is the highest impostor score plus an epsilon (FAR 0 at that size).
     """
     impostor = impostor.double().flatten()
-    q = ScoreQuantiles()
-    q.count(impostor)
-    ranks = far_ranks(q.n, fars)
-    q.plan(sorted({r for r in ranks.values() if r is not None}))
-    q.collect(impostor)
+    histogram = Histogram()
+    histogram.add(impostor)
+    lowest = impostor.min().item() if len(impostor) else 0.0
     gen = genuine.double().flatten()
-    out = {}
-    for far, rank in ranks.items():
-        threshold = threshold_from(q, rank, impostor.min().item() if len(impostor) else 0.0)
-        out[far] = (threshold, (gen >= threshold).double().mean().item())
-    return out
+    return {far: (thr, (gen >= thr).double().mean().item())
+            for far, thr in thresholds_at_far(histogram, fars, lambda: [impostor], lowest).items()}
 
 
 def genuine_scores(probes: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:

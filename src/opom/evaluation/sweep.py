@@ -1,4 +1,4 @@
-"""After a multirun: collect every job's ``results.json`` into one table (CSV and Markdown)."""
+"""After a multirun: collect every job's ``results.json`` into one table (CSV and Markdown) and figures."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import logging
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from opom.evaluation import plots
 
 log = logging.getLogger("opom")
+FIXED = plots.FIXED
 
 
 def collect(sweep_dir: Path) -> list[dict]:
@@ -18,6 +21,8 @@ def collect(sweep_dir: Path) -> list[dict]:
     rows = []
     for path in sorted(Path(sweep_dir).glob("**/results.json"), key=lambda p: p.stat().st_mtime_ns):  # job order
         res = json.loads(path.read_text())
+        if not res.get("models"):
+            continue
         row = {k: res[k] for k in ("method", "attack", "surrogate", "eps")}
         bb = {n: r for n, r in res["models"].items() if not r["whitebox"]}
         wb = [r for r in res["models"].values() if r["whitebox"]]
@@ -25,12 +30,17 @@ def collect(sweep_dir: Path) -> list[dict]:
         row.update({n: r["psr_top1"] for n, r in bb.items()})
         row["mean"] = sum(r["psr_top1"] for r in bb.values()) / max(len(bb), 1)
         row["clean"] = {n: r["clean_top1"] for n, r in bb.items()}
+        row["job"] = str(path.parent.relative_to(sweep_dir))
         rows.append(row)
     return rows
 
 
+def models_of(rows: list[dict]) -> list[str]:
+    return [k for k in rows[0] if k not in FIXED]
+
+
 def to_markdown(rows: list[dict]) -> str:
-    models = [k for k in rows[0] if k not in ("method", "attack", "surrogate", "eps", "whitebox", "mean", "clean")]
+    models = models_of(rows)
     head = "| method | attack | surrogate | eps | white-box | " + " | ".join(models) + " | mean |"
     lines = [head, "|" + "---|" * (6 + len(models))]
     for r in rows:
@@ -43,19 +53,58 @@ def to_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_summary(sweep_dir: Path) -> tuple[list[dict], dict[str, Path]]:
+    """``summary.md``, ``summary.csv`` and the figures of a sweep folder; returns the rows and the figures."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    if not rows:
+        return rows, {}
+    title = "PSR@1 (protection success rate at rank 1; higher is better)"
+    (sweep_dir / "summary.md").write_text(f"{title}\n\n{to_markdown(rows)}\n")
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "clean"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    figures = {"psr_per_model": plots.psr_per_model(rows, sweep_dir / "psr_per_model.png"),
+               "psr_vs_eps": plots.psr_vs_eps(rows, sweep_dir / "psr_vs_eps.png"),
+               "examples": plots.examples_grid([(plots.label(r), sweep_dir / r["job"] / "examples.png") for r in rows],
+                                               sweep_dir / "examples_grid.png")}
+    return rows, {k: v for k, v in figures.items() if v is not None}
+
+
+def log_to_wandb(config: DictConfig, sweep_dir: Path, rows: list[dict], figures: dict[str, Path]) -> None:
+    """With ``logger=wandb``: one more run in the sweep's group holding the summary table and figures (faces
+    only with ``privacy.face_images=true``)."""
+    import wandb
+
+    from opom.resolvers import wandb_group
+
+    logger = OmegaConf.to_container(config.logger, resolve=False)
+    faces = config.get("privacy", {}).get("face_images") is True
+    models = models_of(rows)
+    columns = ["method", "attack", "surrogate", "eps", "whitebox", *models, "mean"]
+    run = wandb.init(project=logger.get("project", "opom"), group=wandb_group("MULTIRUN", str(sweep_dir)),
+                     name="summary", job_type="sweep-summary", dir=str(sweep_dir),
+                     mode="offline" if logger.get("offline", True) else "online", reinit="finish_previous")
+    payload = {"summary": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])}
+    for name, path in figures.items():
+        if name != "examples" or faces:
+            payload[name] = wandb.Image(str(path))
+    run.log(payload)
+    run.finish()
+
+
 class SweepSummary(Callback):
-    """Hydra callback: on multirun end, write ``summary.csv`` and ``summary.md`` (PSR@1) in the sweep folder."""
+    """Hydra callback: on multirun end, write ``summary.csv``, ``summary.md`` (PSR@1) and the figures
+    (``psr_per_model.png``, ``psr_vs_eps.png`` when eps varies, ``examples_grid.png`` when the jobs made
+    examples) in the sweep folder; with ``logger=wandb`` also a summary run in the sweep's group."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = collect(sweep_dir)
+        rows, figures = write_summary(sweep_dir)
         if not rows:
             return
-        table = to_markdown(rows)
-        title = "PSR@1 (protection success rate at rank 1; higher is better)"
-        (sweep_dir / "summary.md").write_text(f"{title}\n\n{table}\n")
-        with open(sweep_dir / "summary.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "clean"], extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"\nSweep summary ({sweep_dir}/summary.md), PSR@1:\n{table}\n")
+        if "Wandb" in str(config.get("logger", {}).get("_target_", "")):
+            log_to_wandb(config, sweep_dir, rows, figures)
+        listed = ", ".join(p.name for p in figures.values())
+        print(f"\nSweep summary ({sweep_dir}/summary.md; figures: {listed}), PSR@1:\n{to_markdown(rows)}\n")

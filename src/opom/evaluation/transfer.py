@@ -12,15 +12,14 @@ from opom.data.gallery import as_gallery
 from opom.data.protection import ProtectionSet
 from opom.evaluation.embeddings import GalleryEmbeddings, embed, gallery_embeddings
 from opom.evaluation.metrics import (
+    Histogram,
     RankCounter,
-    ScoreQuantiles,
     apply_mask_uint8,
-    far_ranks,
     genuine_scores,
     image_quality,
     rates_from_hits,
     tar_at_far,
-    threshold_from,
+    thresholds_at_far,
     verification_scores,
 )
 from opom.evaluation.robustness import apply_transform
@@ -52,27 +51,23 @@ def _stream_scores(clean: RankCounter, others: list[RankCounter], store: Gallery
     """One pass over the gallery feeding every rank counter and counting the clean probes' impostor scores
     (shared with the ``clean`` counter); a second pass, clean probes only, collects the exact scores the
     verification thresholds sit on. Returns ``{far: (threshold, TAR)}``."""
-    q, lowest = ScoreQuantiles(), float("inf")
+    histogram, lowest = Histogram(), float("inf")
     for d in store.chunks(chunk):
         d = F.normalize(d.double(), dim=-1)
         scores = clean.probes @ d.T
         clean.add_scores(scores)
         for counter in others:
             counter.update(d, normalized=True)
-        q.count(scores)
+        histogram.add(scores)
         lowest = min(lowest, scores.min().item()) if scores.numel() else lowest
-    ranks = far_ranks(q.n, fars)
-    wanted = sorted({r for r in ranks.values() if r is not None})
-    if wanted:
-        q.plan(wanted)
+
+    def rescan():
         for d in store.chunks(chunk):
-            q.collect(clean.probes @ F.normalize(d.double(), dim=-1).T)
+            yield clean.probes @ F.normalize(d.double(), dim=-1).T
+
     gen = genuine.double().flatten()
-    out = {}
-    for far, rank in ranks.items():
-        thr = threshold_from(q, rank, lowest if q.n else 0.0)
-        out[far] = (thr, (gen >= thr).double().mean().item())
-    return out
+    thresholds = thresholds_at_far(histogram, fars, rescan, lowest if histogram.n else 0.0)
+    return {far: (thr, (gen >= thr).double().mean().item()) for far, thr in thresholds.items()}
 
 
 def evaluate_model(model: nn.Module, data: ProtectionSet, masks: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),

@@ -1,0 +1,126 @@
+"""Figures of runs and sweeps (matplotlib, Agg backend, written atomically as PNG).
+
+- :func:`psr_per_model` — PSR@1 of every job on every model of the panel, clean accuracy marked;
+- :func:`psr_vs_eps` — mean black-box PSR@1 against the budget, one line per method/attack/surrogate;
+- :func:`example_strip` — one job's clean | mask | protected faces for the first identities;
+- :func:`examples_grid` — the strips of a sweep's jobs, one row each, labelled.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from opom.evaluation.metrics import apply_mask_uint8
+
+FIXED = ("method", "attack", "surrogate", "eps", "whitebox", "mean", "clean", "job")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def label(row: dict) -> str:
+    return f"{row['method']} / {row['attack']} / {row['surrogate']} / eps {row['eps']:g}"
+
+
+def psr_per_model(rows: list[dict], path: Path) -> Path:
+    """Grouped bars: x = models (white-box first), one bar per job; clean top-1 of each black box as a dash."""
+    plt = _pyplot()
+    models = ["whitebox"] + [k for k in rows[0] if k not in FIXED]
+    x = np.arange(len(models))
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(models) + 0.25 * len(rows)), 4.2))
+    cmap = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    for i, row in enumerate(rows):
+        values = [row.get(m, np.nan) for m in models]
+        ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=label(row), color=cmap(i % cmap.N))
+    clean = rows[0]["clean"]
+    ax.plot(x[1:], [clean.get(m, np.nan) for m in models[1:]], "k_", markersize=28, markeredgewidth=2,
+            label="clean top-1 accuracy", linestyle="none")
+    ax.set_xticks(x, ["white-box\n(surrogate)"] + models[1:])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("PSR@1 (higher = better protected)")
+    ax.set_title("Protection success rate at rank 1, per face model")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def psr_vs_eps(rows: list[dict], path: Path) -> Path | None:
+    """Mean black-box PSR@1 against eps, one line per method/attack/surrogate; None with fewer than 2 eps."""
+    if len({r["eps"] for r in rows}) < 2:
+        return None
+    plt = _pyplot()
+    lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in rows:
+        lines[f"{r['method']} / {r['attack']} / {r['surrogate']}"].append((r["eps"], r["mean"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, points in lines.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xlabel("eps (grey levels, L-inf budget of the mask)")
+    ax.set_ylabel("mean black-box PSR@1")
+    ax.set_ylim(0, 1.0)
+    ax.set_title("Protection against the mask budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def example_strip(clean: torch.Tensor, masks: torch.Tensor, eps: float, path: Path) -> Path:
+    """Three rows for the first identities: a clean test face, its mask (mid-grey = 0, +-eps stretched to the
+    full range) and the protected face as the evaluation sees it (uint8 truncation). clean: uint8 (k, 3, H, W)."""
+    from torchvision.utils import make_grid
+
+    protected = apply_mask_uint8(clean, masks)
+    shown_mask = ((masks.double() / (2 * eps / 255.0) + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    grid = make_grid(torch.cat([clean, shown_mask, protected]), nrow=len(clean), padding=2, pad_value=255)
+    from PIL import Image
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def examples_grid(strips: list[tuple[str, Path]], path: Path) -> Path | None:
+    """The jobs' example strips stacked, each titled with its job (rows: clean, mask, protected)."""
+    strips = [(name, p) for name, p in strips if Path(p).exists()]
+    if not strips:
+        return None
+    plt = _pyplot()
+    images = [plt.imread(p) for _, p in strips]
+    width = max(im.shape[1] for im in images)
+    fig, axes = plt.subplots(len(images), 1, figsize=(width / 90, sum(im.shape[0] for im in images) / 90 + 0.35 *
+                                                      len(images)), squeeze=False)
+    for ax, (name, _), im in zip(axes[:, 0], strips, images, strict=True):
+        ax.imshow(im)
+        ax.set_title(f"{name}   (rows: clean | mask, +-eps stretched | protected)", fontsize=8, loc="left")
+        ax.axis("off")
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
