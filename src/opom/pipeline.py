@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from opom.data.protection import ProtectionDataModule, ProtectionSet
 from opom.errors import ConfigError, UserError
-from opom.evaluation.callbacks import MaskWriter, TransferEvaluation
+from opom.evaluation.callbacks import MaskWriter, TransferEvaluation, WandbReport
 from opom.logs import quiet_lightning
 from opom.masks import MaskSet, load_masks
 from opom.methods import METHODS
@@ -46,6 +46,15 @@ def plain_config(cfg: DictConfig) -> dict:
     """The job's resolved config as plain containers, without Hydra's own node."""
     return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
             for k in cfg if k != "hydra"}
+
+
+def face_images_allowed(cfg: DictConfig, dataset) -> bool:
+    """Whether figures of this job may show faces (local files): ``privacy.face_images`` true, or ``auto`` and
+    the dataset has no real people (the synthetic world)."""
+    setting = cfg.get("privacy", {}).get("face_images", "auto")
+    if setting not in (True, False, "auto"):
+        raise ConfigError(f"privacy.face_images must be true, false or auto, got {setting!r}")
+    return setting is True or (setting == "auto" and not getattr(dataset, "real_people", True))
 
 
 def _specs(cfg: DictConfig, surrogate: bool = True) -> tuple[dict | None, dict[str, dict]]:
@@ -103,13 +112,16 @@ def run(cfg: DictConfig) -> dict:
     run_info = {"method": method.name, "attack": attack.name, "surrogate": cfg.surrogate.name, "eps": attack.eps_levels,
                 "config": {**plain_config(cfg), "shard": shard_info}}
     evaluation = transfer_evaluation(cfg, panel, keys, run_info)
-    callbacks = [MaskWriter(out, run_info)] + ([evaluation] if shard.count == 1 else [])
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    faces = face_images_allowed(cfg, dataset)
+    callbacks = [MaskWriter(out, run_info, examples=faces)] + ([evaluation] if shard.count == 1 else [])
+    if isinstance(logger, WandbLogger) and shard.count == 1:  # faces reach wandb only when the user said so
+        callbacks.append(WandbReport(evaluation, out, face_images=cfg.privacy.face_images is True))
     callbacks += [instantiate(c) for c in (cfg.get("extra_callbacks") or {}).values()]
 
     module = MaskCrafter(surrogate, method, attack, protection.num_identities, protection.image_size)
     iterations = attack.iterations if method.crafts else 1
     datamodule = ProtectionDataModule(protection, cfg.identities_per_batch, iterations, shard_info["start"])
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = L.Trainer(**shard_trainer(cfg.trainer, shard), max_epochs=1, logger=logger, callbacks=callbacks,
                         enable_checkpointing=False)
     log.info("crafting %d masks: %s, %s, surrogate %s -> %s", protection.num_identities, method, attack,
