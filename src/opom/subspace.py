@@ -44,6 +44,7 @@ identity, ``D`` feature dimension.  ``points`` may be ``(B, M, D)`` or
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -57,6 +58,29 @@ __all__ = [
 ]
 
 _BOUND_SLACK = 1e-12  # slack allowed in the feasibility test N*lower <= 1 <= N*upper
+
+
+def _one_cpu_thread(fn):
+    """Run ``fn`` with one intra-op thread when its tensors are on the CPU.
+
+    The solvers make many calls on tiny batched matrices (N x N, N <= a few dozen): threads cannot speed those
+    up, and LAPACK's threaded kernels on them are slow — under load from other processes, catastrophically
+    (a (4, 10, 512) float64 SVD: ~1 ms on one thread, ~100 ms on two busy cores). The thread count is
+    restored afterwards; results do not depend on it.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(points, anchors, *args, **kwargs):
+        threads = torch.get_num_threads()
+        if threads == 1 or not isinstance(anchors, Tensor) or anchors.device.type != "cpu":
+            return fn(points, anchors, *args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(points, anchors, *args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
 
 
 # --------------------------------------------------------------------------- #
@@ -130,6 +154,7 @@ def class_center(anchors: Tensor) -> Tensor:
     return anchors.mean(dim=1)
 
 
+@_one_cpu_thread
 @torch.no_grad()
 def project_affine(points: Tensor, anchors: Tensor, rtol: float = 1e-6) -> Tensor:
     """Euclidean projection onto the affine hull of the anchors.
@@ -154,7 +179,9 @@ def project_affine(points: Tensor, anchors: Tensor, rtol: float = 1e-6) -> Tenso
     a = pts.to(torch.float64)
     mu = c.mean(dim=1, keepdim=True)  # (B, 1, D)
     centred = c - mu
-    _, s, vh = torch.linalg.svd(centred, full_matrices=False)  # s (B, K), vh (B, K, D)
+    # the basis from the SVD of the tall (D, N) matrix: the same subspace, faster than the wide (N, D) one
+    u, s, _ = torch.linalg.svd(centred.transpose(1, 2), full_matrices=False)  # u (B, D, K), s (B, K)
+    vh = u.transpose(1, 2)  # (B, K, D) orthonormal rows spanning the centred anchors
     n, d = c.shape[1], c.shape[2]
     scale = c.norm(dim=-1).amax(dim=-1, keepdim=True)  # (B, 1)
     floor = max(n, d) * torch.finfo(torch.float64).eps * scale
@@ -471,6 +498,7 @@ def _fista_start(gram: Tensor, lin: Tensor, w0: Tensor, lower: float, upper: flo
     return _fista(centred, lin_c, w0, lip, lower, upper, max_iter, tol)
 
 
+@_one_cpu_thread
 @torch.no_grad()
 def _convex_weights64(
     pts: Tensor,

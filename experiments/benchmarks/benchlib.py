@@ -1,0 +1,133 @@
+"""Shared pieces of the crafting benchmarks: the machine header, the default surrogate, interleaved timing.
+
+Imported by the ``bench_*.py`` scripts next to it (run them from the repository root).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def machine_header(title: str) -> str:
+    """Markdown title plus the machine, the load when it ran, versions and the exact command."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"# {title}\n\n"
+            f"- machine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; GPU: {device}\n"
+            f"- load average (1/5/15 min) at the end: {load} (other jobs share this machine)\n"
+            f"- torch {torch.__version__}, python {platform.python_version()}\n"
+            f"- command: `python {' '.join(sys.argv)}`\n")
+
+
+def compose_run(overrides: list[str] = ()):
+    """The composed ``run`` config (as ``python run.py`` would build it), outside a Hydra job."""
+    from hydra import compose, initialize_config_dir
+
+    from opom.resolvers import register
+
+    register()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("run", overrides=[*overrides, "paths.output_dir=/tmp/opom-bench"])
+
+
+def default_world(overrides: list[str] = ()):
+    """(cfg, protection set, trained surrogate) of the default synthetic world (cached after the first run)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from opom.models.zoo import build_face_model
+
+    cfg = compose_run(overrides)
+    dataset = instantiate(cfg.dataset)
+    protection = dataset.protection_set()
+    surrogate = build_face_model(OmegaConf.to_container(cfg.surrogate, resolve=True), dataset,
+                                 OmegaConf.to_container(cfg.fr_train, resolve=True), cfg.paths.cache_dir)
+    return cfg, protection, surrogate
+
+
+def subset(protection, identities: int):
+    """The first ``identities`` people of a protection set (repeated if it has fewer)."""
+    from opom.data.protection import ProtectionSet
+
+    idx = torch.arange(identities) % protection.num_identities
+    names = [f"{protection.names[int(i)]}#{k}" for k, i in enumerate(idx)]
+    return ProtectionSet(names, protection.mask_images[idx].contiguous(), protection.test_images[idx].contiguous(),
+                         protection.distractors)
+
+
+class EpochTimer(L.Callback):
+    """Wall time of the training epoch: every step, with data loading and logging."""
+
+    seconds = float("nan")
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.seconds = time.perf_counter() - self._start
+
+
+def craft_seconds(surrogate, method, attack, protection, identities_per_batch: int, log_dir: Path | None = None):
+    """Run the crafting exactly as the pipeline does (one Trainer.fit) and return the epoch's wall time."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from opom.data.protection import ProtectionDataModule
+    from opom.module import MaskCrafter
+
+    module = MaskCrafter(surrogate, method, attack, protection.num_identities, protection.image_size)
+    timer = EpochTimer()
+    logger = CSVLogger(str(log_dir)) if log_dir else False
+    trainer = L.Trainer(max_epochs=1, logger=logger, callbacks=[timer], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+                        accelerator="cpu")
+    iterations = attack.iterations if method.crafts else 1
+    trainer.fit(module, datamodule=ProtectionDataModule(protection, identities_per_batch, iterations))
+    return timer.seconds, module.masks.detach().clone()
+
+
+def interleaved(measure_a: Callable[[], float], measure_b: Callable[[], float], rounds: int) -> list[tuple]:
+    """``rounds`` pairs (a, b), alternating which runs first, so load from other jobs hits both alike."""
+    pairs = []
+    for r in range(rounds):
+        if r % 2 == 0:
+            a = measure_a()
+            b = measure_b()
+        else:
+            b = measure_b()
+            a = measure_a()
+        pairs.append((a, b))
+    return pairs
+
+
+def median(xs) -> float:
+    return float(statistics.median(xs))
+
+
+def quiet() -> None:
+    """Silence Lightning's per-fit chatter."""
+    import warnings
+
+    from opom.logs import quiet_lightning
+
+    quiet_lightning()
+    warnings.filterwarnings("ignore", message=".*configure_optimizers.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
