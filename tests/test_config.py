@@ -16,7 +16,9 @@ from opom.models.heads import HEADS
 from opom.models.training import SMALL_ARCHS
 from opom.models.zoo import ZOO
 from opom.pipeline import plain_config
+from opom.resolvers import register
 
+register()  # as run.py does before Hydra composes
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -35,6 +37,8 @@ def _check_model_spec(spec):
     assert spec.name and spec.arch in ZOO
     if spec.arch in SMALL_ARCHS:
         assert spec.loss in HEADS and spec.checkpoint is None
+    if spec.name.startswith("paper_") or spec.name == "ir50_softmax":  # the paper's CASIA models: 512-d, weights
+        assert spec.embedding_size == 512 and spec.checkpoint.endswith(".safetensors")
 
 
 CASES = [(g, o) for g in ("method", "attack", "dataset", "surrogate", "blackbox", "logger", "fr_train", "experiment")
@@ -48,10 +52,11 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
     for key in list(cfg.dataset):  # real datasets: the paths a user must give (???)
         if OmegaConf.is_missing(cfg.dataset, key):
             cfg.dataset[key] = str(tmp_path)
+    cfg.paper.weights = str(tmp_path)  # the paper's models: a weights folder the user must give (???)
     plain_config(cfg)  # every interpolation of the job's config resolves
     assert isinstance(instantiate(cfg.method), Method)
     assert isinstance(instantiate(cfg.attack), SignAttack)
-    if group == "dataset" and option != "synthetic":
+    if not cfg.dataset._target_.endswith("SyntheticFaces"):
         assert callable(get_class(cfg.dataset._target_))  # real data needs paths (???) to instantiate
     else:
         assert isinstance(instantiate(cfg.dataset), SyntheticFaces)

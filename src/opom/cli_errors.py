@@ -8,6 +8,7 @@ import os
 import sys
 
 from hydra.errors import InstantiationException
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from opom.errors import UserError
 
@@ -18,6 +19,9 @@ def user_error(err: BaseException) -> BaseException | None:
     """The user-caused error behind ``err`` (also through Hydra's instantiation wrapper), else None."""
     while isinstance(err, InstantiationException) and err.__cause__ is not None:
         err = err.__cause__
+    if isinstance(err, (MissingMandatoryValue, InterpolationToMissingValueError)):  # a ??? left to fill in
+        key = str(err).split("Missing mandatory value: ")[-1].split("\n")[0].strip()
+        return UserError(f"the config value {key!r} must be given: add {key}=... to the command line")
     return err if isinstance(err, (UserError, FileNotFoundError)) else None
 
 

@@ -16,20 +16,24 @@ log = logging.getLogger("opom")
 FIXED = plots.FIXED
 
 
-def collect(sweep_dir: Path) -> list[dict]:
-    """One row per job: method, attack, surrogate, eps, then PSR@1 per black-box model and their mean."""
+def _results(sweep_dir: Path) -> list[tuple[Path, dict]]:
+    """Every job's results (shards and other jobs without models left out), in job order."""
+    paths = sorted(Path(sweep_dir).glob("**/results.json"), key=lambda p: p.stat().st_mtime_ns)
+    return [(p, r) for p, r in ((p, json.loads(p.read_text())) for p in paths) if r.get("models")]
+
+
+def collect(sweep_dir: Path, k: int = 1) -> list[dict]:
+    """One row per job: method, attack, surrogate, eps, then PSR@k per black-box model and their mean."""
     rows = []
-    for path in sorted(Path(sweep_dir).glob("**/results.json"), key=lambda p: p.stat().st_mtime_ns):  # job order
-        res = json.loads(path.read_text())
-        if not res.get("models"):
-            continue
-        row = {k: res[k] for k in ("method", "attack", "surrogate", "eps")}
+    for path, res in _results(sweep_dir):
+        metric, clean = f"psr_top{k}", f"clean_top{k}"
+        row = {key: res[key] for key in ("method", "attack", "surrogate", "eps")}
         bb = {n: r for n, r in res["models"].items() if not r["whitebox"]}
         wb = [r for r in res["models"].values() if r["whitebox"]]
-        row["whitebox"] = wb[0]["psr_top1"] if wb else float("nan")
-        row.update({n: r["psr_top1"] for n, r in bb.items()})
-        row["mean"] = sum(r["psr_top1"] for r in bb.values()) / max(len(bb), 1)
-        row["clean"] = {n: r["clean_top1"] for n, r in bb.items()}
+        row["whitebox"] = wb[0].get(metric, float("nan")) if wb else float("nan")
+        row.update({n: r.get(metric, float("nan")) for n, r in bb.items()})
+        row["mean"] = sum(row[n] for n in bb) / max(len(bb), 1)
+        row["clean"] = {n: r.get(clean, float("nan")) for n, r in bb.items()}
         row["job"] = str(path.parent.relative_to(sweep_dir))
         rows.append(row)
     return rows
@@ -39,7 +43,21 @@ def models_of(rows: list[dict]) -> list[str]:
     return [k for k in rows[0] if k not in FIXED]
 
 
-def to_markdown(rows: list[dict]) -> str:
+def long_rows(sweep_dir: Path) -> list[dict]:
+    """Every scalar metric of every model of every job, one row each (job, method, attack, surrogate, eps,
+    model, whitebox, metric, value) — for plotting tools and spreadsheets."""
+    out = []
+    for path, res in _results(sweep_dir):
+        base = {"job": str(path.parent.relative_to(sweep_dir)), **{k: res[k] for k in ("method", "attack",
+                                                                                     "surrogate", "eps")}}
+        for model, r in res["models"].items():
+            for metric, value in r.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    out.append({**base, "model": model, "whitebox": r["whitebox"], "metric": metric, "value": value})
+    return out
+
+
+def to_markdown(rows: list[dict], k: int = 1) -> str:
     models = models_of(rows)
     head = "| method | attack | surrogate | eps | white-box | " + " | ".join(models) + " | mean |"
     lines = [head, "|" + "---|" * (6 + len(models))]
@@ -49,7 +67,7 @@ def to_markdown(rows: list[dict]) -> str:
                      f"{vals} | {r['mean']:.3f} |")
     clean = rows[0]["clean"]
     accuracies = " | ".join(f"{clean.get(m, float('nan')):.3f}" for m in models)
-    lines.append(f"| *clean top-1 accuracy* | | | | | {accuracies} | |")
+    lines.append(f"| *clean top-{k} accuracy* | | | | | {accuracies} | |")
     return "\n".join(lines)
 
 
@@ -59,17 +77,27 @@ def write_summary(sweep_dir: Path) -> tuple[list[dict], dict[str, Path]]:
     rows = collect(sweep_dir)
     if not rows:
         return rows, {}
-    title = "PSR@1 (protection success rate at rank 1; higher is better)"
-    (sweep_dir / "summary.md").write_text(f"{title}\n\n{to_markdown(rows)}\n")
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "clean"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    sections = [f"PSR@1 (protection success rate at rank 1; higher is better)\n\n{to_markdown(rows)}\n"]
+    for k in (5, 10):
+        rows_k = collect(sweep_dir, k)
+        if any(r["mean"] == r["mean"] for r in rows_k):  # not NaN: the jobs measured rank k
+            sections.append(f"PSR@{k}\n\n{to_markdown(rows_k, k)}\n")
+    (sweep_dir / "summary.md").write_text("\n".join(sections))
+    _write_csv(sweep_dir / "summary.csv", rows, [k for k in rows[0] if k != "clean"])
+    long = long_rows(sweep_dir)
+    _write_csv(sweep_dir / "summary_long.csv", long, list(long[0]) if long else [])
     figures = {"psr_per_model": plots.psr_per_model(rows, sweep_dir / "psr_per_model.png"),
                "psr_vs_eps": plots.psr_vs_eps(rows, sweep_dir / "psr_vs_eps.png"),
                "examples": plots.examples_grid([(plots.label(r), sweep_dir / r["job"] / "examples.png") for r in rows],
                                                sweep_dir / "examples_grid.png")}
     return rows, {k: v for k, v in figures.items() if v is not None}
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def log_to_wandb(config: DictConfig, sweep_dir: Path, rows: list[dict], figures: dict[str, Path]) -> None:
