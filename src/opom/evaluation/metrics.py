@@ -146,8 +146,12 @@ def ranked_scores(first: Histogram, ranks: list[int], rescan: Callable[[], Itera
             span = h.bin_range(b)
             if h.counts[b] > cap and span is not None:
                 refine[r] = Histogram(*span)
-        kept = {r: [] for r in todo if r not in refine}
-        spread = {r: [float("inf"), float("-inf")] for r in refine}
+        # buffers sized by the histogram, allocated before the pass: nothing small outlives a chunk, so the
+        # allocator can hand each chunk's large temporaries back (no heap growth over a million distractors)
+        kept = {r: torch.empty(int(todo[r][0][-1][0].counts[todo[r][0][-1][1]]), dtype=torch.float64)
+                for r in todo if r not in refine}
+        filled = dict.fromkeys(kept, 0)
+        spread = {r: torch.tensor([float("inf"), float("-inf")], dtype=torch.float64) for r in refine}
         for scores in rescan():
             scores = scores.double().flatten()
             for r, (chain, _) in todo.items():
@@ -156,16 +160,20 @@ def ranked_scores(first: Histogram, ranks: list[int], rescan: Callable[[], Itera
                     member &= h.bins(scores) == b
                 selected = scores[member]
                 if r in kept:
-                    kept[r].append(selected)
+                    if filled[r] + selected.numel() > kept[r].numel():  # a rescan that rounded differently
+                        kept[r] = torch.cat([kept[r], torch.empty(selected.numel(), dtype=torch.float64)])
+                    kept[r][filled[r]:filled[r] + selected.numel()] = selected
+                    filled[r] += selected.numel()
                 elif selected.numel():
                     refine[r].add(selected)
-                    spread[r] = [min(spread[r][0], selected.min().item()), max(spread[r][1], selected.max().item())]
-        for r, parts in kept.items():
-            out[r] = torch.sort(torch.cat(parts), descending=True).values[todo[r][1]].item()
+                    spread[r][0] = torch.minimum(spread[r][0], selected.min())
+                    spread[r][1] = torch.maximum(spread[r][1], selected.max())
+        for r, values in kept.items():
+            out[r] = torch.sort(values[:filled[r]], descending=True).values[todo[r][1]].item()
         next_todo = {}
         for r, h in refine.items():
             if spread[r][0] == spread[r][1]:  # one value repeated more than cap times
-                out[r] = spread[r][0]
+                out[r] = spread[r][0].item()
                 continue
             b, within = h.locate(todo[r][1])
             next_todo[r] = (todo[r][0] + [(h, b)], within)
