@@ -23,13 +23,15 @@ from opom.methods import METHODS
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="one round")
-    ap.add_argument("--identities", type=int, default=16)
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--quick", action="store_true", help="8 identities, batches of 1 and 8")
+    ap.add_argument("--identities", type=int, default=None)
+    ap.add_argument("--batches", type=int, nargs="+", default=None)
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("identity_batching.md"))
     args = ap.parse_args(argv)
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = args.rounds or 1
+    args.identities = args.identities or (8 if args.quick else 16)
+    args.batches = args.batches or [1, args.identities]
     quiet()
     _, protection, surrogate = default_world()
     people = subset(protection, args.identities)

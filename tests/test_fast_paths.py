@@ -1,9 +1,11 @@
-"""Warm-started convex-hull projections (the crafter's fast path) give the cold-start answer."""
+"""The crafter's fast paths give exactly the plain answers: warm-started convex-hull projections, and the
+per-identity CPU mask updates of the attacks."""
 
 import pytest
 import torch
 from helpers import TinyNet
 
+from opom.attack import FIM, DFANetMI
 from opom.methods import METHODS
 from opom.subspace import convex_hull_weights, project_convex
 
@@ -47,3 +49,20 @@ def test_convex_hull_method_warm_and_cold_give_the_same_loss():
         adv = torch.nn.functional.normalize(net((x + 0.02 * it).flatten(0, 1)), dim=1).view(3, 5, -1)
         torch.testing.assert_close(warm.loss(adv, clean, it), cold.loss(adv, clean, it), rtol=0, atol=1e-12)
     assert "_weights" not in repr(warm) and "warm_start=True" in repr(warm)
+
+
+@pytest.mark.parametrize("attack", [FIM(eps=4), DFANetMI(eps=4), DFANetMI(eps=4, normalizer="l1", decay=0.5)],
+                         ids=["fim", "dfanet_reference", "dfanet_l1"])
+def test_per_identity_cpu_updates_equal_whole_batch_updates(attack):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 4, 3, 16, 16, generator=g)
+    per_identity, whole = attack.init_state(x), attack.init_state(x)
+    for _ in range(4):
+        grad = torch.randn(x.shape, generator=g)
+        masks = attack.update(per_identity, grad.clone())  # CPU: one identity after the other
+        if whole.momentum is None and isinstance(attack, DFANetMI):
+            whole.momentum = torch.zeros_like(grad)
+        expected = attack._update(whole, grad.clone(), slice(None))  # the whole batch at once (CUDA's path)
+        assert torch.equal(masks, expected)
+        assert torch.equal(per_identity.x_adv, whole.x_adv)
+        assert masks.abs().max() <= 4 / 255 + 1e-7 and masks.abs().max() > 0
