@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
 PHOTOS ?= $(HOME)/.cache/opom-test-photos
+# distractor-gallery sizes of the evaluation benchmark (1M takes ~15 min on 2 cores)
+GALLERY_SIZES ?= 10000 100000 1000000
 
 .PHONY: help demo test test-all test-assets bench lint clean
 
@@ -42,6 +44,7 @@ bench: $(VENV)/.dev ## run the benchmarks; results land in experiments/benchmark
 	$(PY) experiments/benchmarks/bench_zoo.py --out experiments/benchmarks/zoo_throughput.md
 	$(PY) experiments/benchmarks/bench_prepare.py --out experiments/benchmarks/prepare_throughput.md
 	$(PY) experiments/benchmarks/bench_cloak.py --out experiments/benchmarks/cloak_throughput.md
+	$(PY) experiments/benchmarks/bench_gallery.py --sizes $(GALLERY_SIZES) --out experiments/benchmarks/eval_gallery.md
 
 lint: $(VENV)/.dev ## ruff
 	$(PY) -m ruff check src tests run.py
