@@ -92,3 +92,20 @@ def test_protection_rates_against_a_separate_gallery():
     assert rates["psr_top1"] == 1.0
     same = protection_rates(gallery, gallery, distractors, gallery=gallery)
     assert same["clean_top1"] == 1.0 and same["psr_top1"] == 0.0
+
+
+def test_lpips_only_when_the_alexnet_weights_are_present(tmp_path, monkeypatch):
+    import torchvision
+
+    from opom.evaluation import lpips
+
+    clean = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    noisy = (clean.int() + torch.randint(-20, 21, clean.shape)).clamp(0, 255).to(torch.uint8)
+    monkeypatch.setenv("OPOM_LPIPS_ALEXNET", str(tmp_path / "absent.pth"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    assert "lpips" not in image_quality(clean, noisy)
+    weights = tmp_path / "alexnet.pth"  # stand-in weights in torchvision's layout (never downloaded here)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)
+    monkeypatch.setenv("OPOM_LPIPS_ALEXNET", str(weights))
+    quality = image_quality(clean, noisy)
+    assert quality["lpips"] > 0 and lpips.lpips_distance(clean, clean) < 1e-6

@@ -233,10 +233,17 @@ def verification_scores(probes: torch.Tensor, gallery: torch.Tensor,
 
 
 def image_quality(clean: torch.Tensor, protected: torch.Tensor) -> dict[str, float]:
-    """PSNR (dB) and SSIM of protected against clean uint8 images (B, 3, H, W), averaged over images."""
+    """PSNR (dB) and SSIM of protected against clean uint8 images (B, 3, H, W), averaged over images, and
+    LPIPS when its AlexNet weights are present (:mod:`opom.evaluation.lpips`)."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    from opom.evaluation.lpips import lpips_distance
 
     x, y = clean.double() / 255.0, protected.double() / 255.0
     psnr = peak_signal_noise_ratio(y, x, data_range=1.0, reduction="none", dim=(1, 2, 3))
     ssim = structural_similarity_index_measure(y, x, data_range=1.0, reduction="none")
-    return {"psnr": psnr.mean().item(), "ssim": ssim.mean().item()}
+    out = {"psnr": psnr.mean().item(), "ssim": ssim.mean().item()}
+    lpips = lpips_distance(clean, protected)
+    if lpips is not None:
+        out["lpips"] = lpips
+    return out
