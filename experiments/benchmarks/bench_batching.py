@@ -46,14 +46,16 @@ def main(argv=None) -> int:
 
     craft_seconds(surrogate, method, attack, subset(protection, 2), 2)  # warm-up
     first, second = args.batches[0], args.batches[-1]
-    pairs = interleaved(timed(first), timed(second), rounds)
+    pairs = interleaved(timed(first), timed(second), rounds=rounds)
     t_first, t_second = median(p[0] for p in pairs), median(p[1] for p in pairs)
     diff = float((masks[first] - masks[second]).abs().max()) * 255
     rows = [f"| {b} | {t:.1f} | {args.identities / t * 3600:.0f} | {t_first / t:.2f}x |"
             for b, t in ((first, t_first), (second, t_second))]
     for row in rows:
         print(row)
-    text = (machine_header("Identity batching: identities per hour") + "\n"
+    summary = (f"**{second} identities per batch: {args.identities / t_second * 3600:.0f} identities/hour, "
+               f"{t_first / t_second:.1f}x the {args.identities / t_first * 3600:.0f}/hour of {first} at a time.**\n\n")
+    text = (machine_header("Identity batching: identities per hour") + "\n" + summary +
             f"{args.identities} identities x {people.mask_images.shape[1]} images, convex hull + FIM "
             f"({attack.iterations} iterations), small_resnet (ArcFace, trained), CPU; median of {rounds} "
             f"interleaved round(s). Crafting time only (Trainer.fit epoch: data, steps, logging).\n\n"

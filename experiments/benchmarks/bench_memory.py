@@ -87,7 +87,9 @@ def main(argv=None) -> int:
                     f"{r['peak'] / MiB:.0f} | {crafting / MiB:.0f} | **{extra / MiB:.0f}** |")
         print(rows[-1], flush=True)
     spread = (max(growth) - min(growth)) / MiB
-    text = (machine_header("Crafting memory against the number of identities") + "\n"
+    summary = (f"**Crafting memory beyond the images and the masks stays within {min(growth) / MiB:.0f}.."
+               f"{max(growth) / MiB:.0f} MiB from {sizes[0]} to {sizes[-1]} identities.**\n\n")
+    text = (machine_header("Crafting memory against the number of identities") + "\n" + summary +
             f"Peak RSS of one process crafting I identities (10 uint8 images each, {args.per_batch} per batch, "
             "convex hull + FIM, random-init small_resnet, CPU). `before` is the RSS after loading the images and "
             "building everything, just before `trainer.fit`; `crafting growth` = peak - before; the last column "

@@ -104,18 +104,18 @@ def craft_seconds(surrogate, method, attack, protection, identities_per_batch: i
     return timer.seconds, module.masks.detach().clone()
 
 
-def interleaved(measure_a: Callable[[], float], measure_b: Callable[[], float], rounds: int) -> list[tuple]:
-    """``rounds`` pairs (a, b), alternating which runs first, so load from other jobs hits both alike."""
-    pairs = []
+def interleaved(*measures: Callable[[], float], rounds: int) -> list[tuple]:
+    """``rounds`` tuples of the measures' results, the order rotating every round, so that load from other
+    jobs hits every measure alike."""
+    results = []
+    k = len(measures)
     for r in range(rounds):
-        if r % 2 == 0:
-            a = measure_a()
-            b = measure_b()
-        else:
-            b = measure_b()
-            a = measure_a()
-        pairs.append((a, b))
-    return pairs
+        out = [0.0] * k
+        for j in range(k):
+            i = (r + j) % k
+            out[i] = measures[i]()
+        results.append(tuple(out))
+    return results
 
 
 def median(xs) -> float:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from opom.attack import AttackState, SignAttack, batch_seed, feature_dropout, uniform_noise
+from opom.errors import ConfigError
 from opom.methods import Method
 
 
@@ -18,17 +19,34 @@ class MaskCrafter(L.LightningModule):
     :class:`~opom.data.protection.IdentityChunks`); the attack is the optimiser, so optimisation is manual.
     The surrogate stays in eval mode (BatchNorm frozen, identities in a batch independent); an attack with
     DFANet dropout switches only that dropout on.
+
+    GPU options (off by default; see the README's "Scaling"): ``channels_last`` runs the surrogate in NHWC
+    memory format (faster convolutions on tensor cores), ``compile`` runs it through ``torch.compile``
+    (a one-off compilation, then fused kernels; not with DFANet's dropout hooks). Mixed precision is
+    Lightning's ``trainer.precision=bf16-mixed`` / ``16-mixed``. Each changes rounding in the surrogate, so
+    the masks differ bit-wise from the float32 ones (sign steps amplify any difference).
     """
 
     def __init__(self, surrogate: nn.Module, method: Method, attack: SignAttack, num_identities: int,
-                 image_size: int = 112):
+                 image_size: int = 112, channels_last: bool = False, compile: bool = False):
         super().__init__()
+        if compile and attack.dropout > 0:
+            raise ConfigError("crafting.compile=true does not work with DFANet's dropout hooks: use "
+                              "crafting.compile=false with attack=dfanet_mi")
         self.automatic_optimization = False
         self.surrogate, self.method, self.attack = surrogate, method, attack
+        self.channels_last, self.compile = bool(channels_last), bool(compile)
         for p in self.surrogate.parameters():
             p.requires_grad_(False)
         self.masks = nn.Parameter(torch.zeros(num_identities, 3, image_size, image_size))
         self._state: AttackState | None = None
+        self.__dict__["_network"] = surrogate  # what computes features (compiled in on_fit_start); not a submodule
+
+    def on_fit_start(self) -> None:
+        if self.channels_last:
+            self.surrogate.to(memory_format=torch.channels_last)
+        if self.compile and self._network is self.surrogate:
+            self.__dict__["_network"] = torch.compile(self.surrogate)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -40,7 +58,10 @@ class MaskCrafter(L.LightningModule):
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         b, n = images.shape[:2]
-        return F.normalize(self.surrogate(images.flatten(0, 1)), dim=1).view(b, n, -1)
+        x = images.flatten(0, 1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return F.normalize(self._network(x), dim=1).view(b, n, -1)
 
     def training_step(self, batch: dict, batch_idx: int):
         ids, iteration = batch["ids"], int(batch["iteration"])

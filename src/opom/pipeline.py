@@ -119,7 +119,8 @@ def run(cfg: DictConfig) -> dict:
         callbacks.append(WandbReport(evaluation, out, face_images=cfg.privacy.face_images is True))
     callbacks += [instantiate(c) for c in (cfg.get("extra_callbacks") or {}).values()]
 
-    module = MaskCrafter(surrogate, method, attack, protection.num_identities, protection.image_size)
+    module = MaskCrafter(surrogate, method, attack, protection.num_identities, protection.image_size,
+                         **(cfg.get("crafting") or {}))
     iterations = attack.iterations if method.crafts else 1
     datamodule = ProtectionDataModule(protection, cfg.identities_per_batch, iterations, shard_info["start"])
     trainer = L.Trainer(**shard_trainer(cfg.trainer, shard), max_epochs=1, logger=logger, callbacks=callbacks,
