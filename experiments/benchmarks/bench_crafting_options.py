@@ -70,11 +70,13 @@ def main(argv=None) -> int:
     dataset = instantiate(cfg.dataset)
     blackbox = build_face_model(OmegaConf.to_container(cfg.blackbox.resnet_cosface, resolve=True), dataset,
                                 OmegaConf.to_container(cfg.fr_train, resolve=True), cfg.paths.cache_dir)
-    rows, notes, reference = [], [], None
+    rows, notes, reference, names, steady_times = [], [], None, [], []
     for name, (options, precision) in OPTIONS.items():
         if args.quick and options.get("compile"):
             continue
         first, steady, masks = craft(surrogate, people, options, precision)
+        names.append(name)
+        steady_times.append(steady)
         if reference is None:
             reference, psr_ref = masks, None
         same = float((masks == reference).float().mean())
@@ -89,7 +91,9 @@ def main(argv=None) -> int:
         rows.append(f"| {name} | {first:.1f} | {steady:.1f} | {same:.4f} | {diff:.3f} | {psr_white:.3f} | "
                     f"{psr_black:.3f} |")
         print(rows[-1], flush=True)
-    text = (machine_header("Crafter speed options: speed and effect on the masks") + "\n"
+    summary = "**Steady crafting time against float32: " + ", ".join(
+        f"{n} {t / steady_times[0]:.2f}x" for n, t in zip(names[1:], steady_times[1:], strict=True)) + ".**\n\n"
+    text = (machine_header("Crafter speed options: speed and effect on the masks") + "\n" + summary +
             f"{args.identities} identities x 10 images, convex hull + FIM (16 iterations), small_resnet "
             "(ArcFace, trained), CPU only (no GPU was available: GPU speed-ups are not measured here). "
             "Each option crafts twice with the same crafter: the first run pays any compilation, the second "

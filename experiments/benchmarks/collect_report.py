@@ -25,12 +25,16 @@ def _demote(text: str) -> str:
 
 
 def _headline(name: str, text: str) -> str | None:
-    """The report's own bold summary line (``**...**``) when it has one, else its first table row."""
+    """The report's own bold summary line (``**...**``) when it has one, else its first table row with the
+    column names."""
     bold = re.search(r"^\*\*(.+?)\*\*\s*$", text, flags=re.M)
     if bold:
         return bold.group(1)
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("|---")]
-    return rows[1] if len(rows) > 1 else None
+    if len(rows) < 2:
+        return None
+    cells = [[c.strip() for c in row.strip().strip("|").split("|")] for row in rows[:2]]
+    return "first row: " + "; ".join(f"{h} {v}" for h, v in zip(*cells, strict=False))
 
 
 def collect(folder: Path, out: Path) -> str:
