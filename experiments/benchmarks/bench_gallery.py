@@ -114,10 +114,10 @@ def main(argv=None) -> int:
         lines.append(f"| {r['size']:,} | {r['embed+score']:.1f} | {r['score (cached)']:.1f} | "
                      f"{r['score (cached)'] / r['size'] * 1e5:.2f} | {r['peak_rss_mb']:.0f} |")
     last = rows[-1]
-    lines += ["", f"From {base['size']:,} to {last['size']:,} distractors ({last['size'] / base['size']:.0f}x): "
+    lines += ["", f"**From {base['size']:,} to {last['size']:,} distractors ({last['size'] / base['size']:.0f}x): "
               f"embed + score time x{last['embed+score'] / base['embed+score']:.1f}, cached scoring "
               f"x{last['score (cached)'] / base['score (cached)']:.1f}, peak memory "
-              f"x{last['peak_rss_mb'] / base['peak_rss_mb']:.2f}."]
+              f"x{last['peak_rss_mb'] / base['peak_rss_mb']:.2f}.**"]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
