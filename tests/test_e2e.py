@@ -18,9 +18,9 @@ from opom.pipeline import run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cfg(overrides, out):
+def _cfg(overrides, out, config_name="run"):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("run", overrides=[*overrides, f"paths.output_dir={out}"], return_hydra_config=True)
+        cfg = compose(config_name, overrides=[*overrides, f"paths.output_dir={out}"], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     return cfg
 
@@ -129,10 +129,7 @@ def test_a_black_box_cannot_be_the_surrogate(tiny_overrides, tmp_path, capsys):
 
 
 def _eval_cfg(overrides, out):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("evaluate", overrides=[*overrides, f"paths.output_dir={out}"], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return _cfg(overrides, out, config_name="evaluate")
 
 
 def test_evaluate_retests_saved_masks_from_their_metadata(tiny_overrides, tmp_path):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchlib import cpu_name
 from PIL import Image
 
 from opom.cloak.mask import load_person_mask
@@ -62,14 +63,7 @@ def random_mask(path: Path) -> Path:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     return (f"- machine: {platform.machine()}, {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
             f"torch {torch.__version__}, no GPU used\n- load average when started: {load} (other jobs share the "

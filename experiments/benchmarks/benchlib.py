@@ -19,16 +19,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def machine_header(title: str) -> str:
-    """Markdown title plus the machine, the load when it ran, versions and the exact command."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine_header(title: str) -> str:
+    """Markdown title plus the machine, the load when it ran, versions and the exact command."""
+    cpu = cpu_name()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"# {title}\n\n"

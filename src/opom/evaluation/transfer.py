@@ -18,22 +18,11 @@ from opom.evaluation.metrics import (
     genuine_scores,
     image_quality,
     rates_from_hits,
-    tar_at_far,
     thresholds_at_far,
-    verification_scores,
 )
 from opom.evaluation.robustness import apply_transform
 
 FARS = (1e-1, 1e-2, 1e-3, 1e-4)
-
-
-def verification_rates(clean: torch.Tensor, protected: torch.Tensor, distractors: torch.Tensor,
-                       threshold: float | None = None, fars: tuple[float, ...] = FARS) -> dict[str, float]:
-    """TAR at each FAR for clean and protected probes (thresholds set on the clean impostor scores), and
-    the protection rate at the model's own verification threshold (protected genuine pairs below it)."""
-    genuine, impostor = verification_scores(clean, clean, distractors)
-    protected_genuine, _ = verification_scores(protected, clean, distractors)
-    return _verification(genuine, protected_genuine, tar_at_far(genuine, impostor, fars), threshold)
 
 
 def _verification(genuine, protected_genuine, thresholds: dict, threshold: float | None) -> dict[str, float]:
