@@ -60,7 +60,8 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
         assert callable(get_class(cfg.dataset._target_))  # real data needs paths (???) to instantiate
     else:
         assert isinstance(instantiate(cfg.dataset), SyntheticFaces)
-    _check_model_spec(cfg.surrogate)
+    for spec in cfg.surrogate.values():
+        _check_model_spec(spec)
     for spec in cfg.blackbox.values():
         _check_model_spec(spec)
     if group == "logger":
@@ -70,9 +71,16 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
 
 def test_default_surrogate_is_not_in_the_default_panel(tmp_path):
     cfg = _compose([], tmp_path)
-    sur = (cfg.surrogate.arch, cfg.surrogate.loss, cfg.surrogate.seed)
+    (surrogate,) = cfg.surrogate.values()
+    sur = (surrogate.arch, surrogate.loss, surrogate.seed)
     for spec in cfg.blackbox.values():
         assert (spec.arch, spec.loss, spec.seed) != sur
+
+
+def test_several_surrogates_compose_into_an_ensemble(tmp_path):
+    cfg = _compose(["surrogate=[sface,faceapi,faceres]"], tmp_path)
+    assert list(cfg.surrogate) == ["sface", "faceapi", "faceres"]
+    assert [spec.arch for spec in cfg.surrogate.values()] == ["sface", "faceapi", "faceres"]
 
 
 def test_unknown_method_lists_the_choices(tmp_path):

@@ -113,7 +113,7 @@ def test_main_job_runs_on_a_folder_dataset_with_given_weights(tmp_path, faces):
     weights = str(tmp_path / "w.safetensors")
     overrides = ["dataset=folder", f"dataset.root={tmp_path / 'people'}", "dataset.mask_images=2",
                  "dataset.test_images=2", f"dataset.distractor_root={tmp_path / 'people'}", "dataset.distractors=3",
-                 f"surrogate.checkpoint={weights}", "blackbox=[resnet_cosface]",
+                 f"surrogate.arcface.checkpoint={weights}", "blackbox=[resnet_cosface]",
                  f"blackbox.resnet_cosface.checkpoint={weights}",
                  "attack.iterations=2", "trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path / 'out'}"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

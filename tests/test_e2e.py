@@ -122,7 +122,7 @@ def test_real_surrogate_and_real_black_box_run_offline(tiny_overrides, tmp_path)
 
 def test_a_black_box_cannot_be_the_surrogate(tiny_overrides, tmp_path, capsys):
     pytest.importorskip("dlib", reason="needs the zoo extra: pip install -e '.[zoo]'")
-    overrides = [*tiny_overrides, "surrogate=arcface", "surrogate.arch=dlib", "surrogate.name=dlib"]
+    overrides = [*tiny_overrides, "surrogate=arcface", "surrogate.arcface.arch=dlib", "surrogate.arcface.name=dlib"]
     with pytest.raises(SystemExit), friendly_errors():
         run(_cfg(overrides, tmp_path))
     assert "black box" in capsys.readouterr().err

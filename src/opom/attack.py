@@ -32,7 +32,7 @@ class AttackState:
     x: torch.Tensor  # clean images (B, N, 3, H, W) in [0, 1]
     x_adv: torch.Tensor  # current perturbed images, same shape
     momentum: torch.Tensor | None = None
-    clean_features: torch.Tensor | None = None  # (B, N, D), cached when not recomputed per step
+    clean_features: list[torch.Tensor] | None = None  # per surrogate (B, N, D), cached unless recomputed per step
 
 
 def uniform_noise(shape: tuple[int, ...], eps: float, seed: int, device=None) -> torch.Tensor:
@@ -47,20 +47,24 @@ def batch_seed(seed: int, first_identity: int) -> int:
     return (int(seed) * 1_000_003 + int(first_identity)) % (2**63 - 1)
 
 
-@contextlib.contextmanager
-def feature_dropout(model: nn.Module, p: float):
-    """DFANet: apply always-on dropout(p) to the output of each of the model's ``dfanet_sites()``.
+def dfanet_sites(model: nn.Module) -> list[nn.Module]:
+    """Where DFANet puts dropout in ``model``: its backbone's ``dfanet_sites()``, else after every Conv2d."""
+    inner = getattr(model, "backbone", model)
+    if hasattr(inner, "dfanet_sites"):
+        return list(inner.dfanet_sites())
+    return [m for m in inner.modules() if isinstance(m, nn.Conv2d)]
 
-    Models without ``dfanet_sites`` get it after every Conv2d. BatchNorm stays in eval mode.
+
+@contextlib.contextmanager
+def feature_dropout(model: nn.Module | nn.ModuleList, p: float):
+    """DFANet: apply always-on dropout(p) to the output of each of the model's :func:`dfanet_sites` (of every
+    model, for an ensemble given as a ``ModuleList``). BatchNorm stays in eval mode.
     """
     if p <= 0:
         yield model
         return
-    inner = getattr(model, "backbone", model)
-    if hasattr(inner, "dfanet_sites"):
-        sites = inner.dfanet_sites()
-    else:
-        sites = [m for m in inner.modules() if isinstance(m, nn.Conv2d)]
+    members = list(model) if isinstance(model, nn.ModuleList) else [model]
+    sites = [site for member in members for site in dfanet_sites(member)]
     handles = [m.register_forward_hook(lambda _m, _i, out: F.dropout(out, p, training=True)) for m in sites]
     try:
         yield model

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -13,7 +16,12 @@ from opom.methods import Method
 
 
 class MaskCrafter(L.LightningModule):
-    """Crafts ``masks`` (I, 3, H, W) — one universal L-inf mask per identity — against a frozen surrogate.
+    """Crafts ``masks`` (I, 3, H, W) — one universal L-inf mask per identity — against frozen surrogate(s).
+
+    ``surrogate`` is one model or a sequence of them (an ensemble). Each surrogate keeps its own features, subspace
+    and loss (its own copy of ``method``); the ascended objective is ``sum_k D_k * loss_k / K``: OPOM's losses are
+    means over the D feature dimensions, so scaling by D makes each model's term its squared feature-space distance
+    and models of 128-d and 1024-d features count alike. For one surrogate the factor changes nothing (sign steps).
 
     One training step is one attack iteration for one batch of identities (see
     :class:`~opom.data.protection.IdentityChunks`); the attack is the optimiser, so optimisation is manual.
@@ -27,41 +35,60 @@ class MaskCrafter(L.LightningModule):
     the masks differ bit-wise from the float32 ones (sign steps amplify any difference).
     """
 
-    def __init__(self, surrogate: nn.Module, method: Method, attack: SignAttack, num_identities: int,
-                 image_size: int = 112, channels_last: bool = False, compile: bool = False):
+    def __init__(self, surrogate: nn.Module | Sequence[nn.Module], method: Method, attack: SignAttack,
+                 num_identities: int, image_size: int = 112, channels_last: bool = False, compile: bool = False):
         super().__init__()
         if compile and attack.dropout > 0:
             raise ConfigError("crafting.compile=true does not work with DFANet's dropout hooks: use "
                               "crafting.compile=false with attack=dfanet_mi")
         self.automatic_optimization = False
-        self.surrogate, self.method, self.attack = surrogate, method, attack
+        members = list(surrogate) if isinstance(surrogate, (list, tuple, nn.ModuleList)) else [surrogate]
+        if not members:
+            raise ConfigError("no surrogate to craft with: choose one or more, e.g. surrogate=sface")
+        self.surrogates = nn.ModuleList(members)
+        self.method, self.attack = method, attack
+        # each surrogate its own copy of the method (a convex hull warm-starts from its own previous solve)
+        self._methods = [method] + [copy.deepcopy(method) for _ in members[1:]]
         self.channels_last, self.compile = bool(channels_last), bool(compile)
-        for p in self.surrogate.parameters():
+        for p in self.surrogates.parameters():
             p.requires_grad_(False)
         self.masks = nn.Parameter(torch.zeros(num_identities, 3, image_size, image_size))
         self._state: AttackState | None = None
-        self.__dict__["_network"] = surrogate  # what computes features (compiled in on_fit_start); not a submodule
+        self.__dict__["_networks"] = members  # what computes features (compiled in on_fit_start); not submodules
+
+    @property
+    def surrogate(self) -> nn.Module:
+        """The surrogate when there is one (the first of an ensemble)."""
+        return self.surrogates[0]
 
     def on_fit_start(self) -> None:
         if self.channels_last:
-            self.surrogate.to(memory_format=torch.channels_last)
-        if self.compile and self._network is self.surrogate:
-            self.__dict__["_network"] = torch.compile(self.surrogate)
+            self.surrogates.to(memory_format=torch.channels_last)
+        if self.compile and self._networks[0] is self.surrogates[0]:
+            self.__dict__["_networks"] = [torch.compile(m) for m in self.surrogates]
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.surrogate.eval()
+        self.surrogates.eval()
         return self
 
     def configure_optimizers(self):
         return None  # the attack in ``training_step`` updates the masks
 
-    def _features(self, images: torch.Tensor) -> torch.Tensor:
+    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """L2-normalised features (B, N, D_k) of every surrogate."""
         b, n = images.shape[:2]
         x = images.flatten(0, 1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return F.normalize(self._network(x), dim=1).view(b, n, -1)
+        return [F.normalize(network(x), dim=1).view(b, n, -1) for network in self._networks]
+
+    def _loss(self, adv: list[torch.Tensor], clean: list[torch.Tensor], iteration: int) -> torch.Tensor:
+        """Per-identity objective (B,): one surrogate's loss, or the ensemble's dimension-weighted mean."""
+        if len(adv) == 1:
+            return self._methods[0].loss(adv[0], clean[0], iteration)
+        terms = [m.loss(a, c, iteration) * a.shape[-1] for m, a, c in zip(self._methods, adv, clean, strict=True)]
+        return torch.stack(terms).mean(dim=0)
 
     def training_step(self, batch: dict, batch_idx: int):
         ids, iteration = batch["ids"], int(batch["iteration"])
@@ -76,12 +103,12 @@ class MaskCrafter(L.LightningModule):
             if self.attack.dropout > 0:  # DFANet's dropout draws depend on this batch only, not on the job
                 torch.manual_seed(batch_seed(self.attack.seed, int(people[0])))
         state = self._state
-        with torch.enable_grad(), feature_dropout(self.surrogate, self.attack.dropout):
+        with torch.enable_grad(), feature_dropout(self.surrogates, self.attack.dropout):
             if state.clean_features is None or self.attack.recompute_clean:
                 with torch.no_grad():
                     state.clean_features = self._features(state.x)
             x_adv = state.x_adv.detach().requires_grad_(True)
-            losses = self.method.loss(self._features(x_adv), state.clean_features, iteration)
+            losses = self._loss(self._features(x_adv), state.clean_features, iteration)
             (grad,) = torch.autograd.grad(losses.sum(), x_adv)
         with torch.no_grad():
             self.masks.data[ids] = self.attack.update(state, grad)

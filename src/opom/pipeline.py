@@ -57,30 +57,59 @@ def face_images_allowed(cfg: DictConfig, dataset) -> bool:
     return setting is True or (setting == "auto" and not getattr(dataset, "real_people", True))
 
 
-def _specs(cfg: DictConfig, surrogate: bool = True) -> tuple[dict | None, dict[str, dict]]:
-    """The surrogate's (unless ``surrogate`` is false) and the black-box panel's model specs, checked before
+def surrogate_specs(cfg: DictConfig) -> dict[str, dict]:
+    """``{key: spec}`` of the surrogate(s): ``surrogate=sface`` selects one, ``'surrogate=[sface,faceapi]'`` an
+    ensemble (mask files of older versions stored one flat spec: read as one surrogate)."""
+    node = OmegaConf.to_container(cfg.surrogate, resolve=True) if cfg.get("surrogate") else {}
+    if "arch" in node:
+        return {node["name"]: node}
+    if not node:
+        raise ConfigError("no surrogate: choose one or more, e.g. surrogate=sface or 'surrogate=[sface,faceapi]'")
+    return node
+
+
+def surrogate_name(specs: dict[str, dict]) -> str:
+    """How results and mask files name the surrogate(s): ``sface``, or ``sface+faceapi`` for an ensemble."""
+    return "+".join(spec["name"] for spec in specs.values())
+
+
+def _specs(cfg: DictConfig, surrogate: bool = True) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The surrogates' (unless ``surrogate`` is false) and the black-box panel's model specs, checked before
     any data is read."""
-    surrogate_spec = OmegaConf.to_container(cfg.surrogate, resolve=True) if surrogate else None
+    sur_specs = surrogate_specs(cfg) if surrogate else {}
     panel_specs = {name: OmegaConf.to_container(spec, resolve=True) for name, spec in cfg.blackbox.items()}
-    if surrogate_spec:
-        preflight(surrogate_spec, "surrogate")  # weights problems surface before any data is read
+    for key, spec in sur_specs.items():
+        preflight(spec, f"surrogate.{key}")  # weights problems surface before any data is read
     for name, spec in panel_specs.items():
         preflight(spec, f"blackbox.{name}")
-    return surrogate_spec, panel_specs
+    return sur_specs, panel_specs
 
 
-def _models(cfg: DictConfig, dataset, surrogate_spec: dict, panel_specs: dict[str, dict]):
-    """Trains what needs training (in parallel), then returns the surrogate builder, the panel's builders and
-    every model's cache key."""
+def _models(cfg: DictConfig, dataset, sur_specs: dict[str, dict], panel_specs: dict[str, dict], canvas=None):
+    """Trains what needs training (in parallel), then returns the surrogates' builders, the panel's builders and
+    every model's cache key. Models read ``canvas`` images (the dataset's)."""
     fr_train = OmegaConf.to_container(cfg.fr_train, resolve=True)
-    build = partial(build_face_model, dataset=dataset, fr_train=fr_train, cache_dir=cfg.paths.cache_dir, log=log.info)
+    build = partial(build_face_model, dataset=dataset, fr_train=fr_train, cache_dir=cfg.paths.cache_dir, log=log.info,
+                    canvas=canvas)
     specs = {name: spec for name, spec in panel_specs.items()}
-    if surrogate_spec:
-        specs[surrogate_spec["name"]] = surrogate_spec
+    for spec in sur_specs.values():
+        specs[spec["name"]] = spec
     prepare_models(list(specs.values()), dataset, fr_train, cfg.paths.cache_dir, log=log.info)
     keys = {name: model_key(spec, dataset, fr_train) for name, spec in specs.items()}
-    build_surrogate = partial(build, surrogate_spec) if surrogate_spec else None
-    return build_surrogate, {name: partial(build, spec) for name, spec in panel_specs.items()}, keys
+    surrogates = {spec["name"]: partial(build, spec) for spec in sur_specs.values()}
+    return surrogates, {name: partial(build, spec) for name, spec in panel_specs.items()}, keys
+
+
+def build_surrogates(builders: dict) -> list:
+    """Build the surrogates; a black box (no gradients) among them is a one-line error."""
+    models = []
+    for name, build in builders.items():
+        model = build()
+        if not model.differentiable:
+            raise ConfigError(f"surrogate {name!r} is a black box (no gradients): it can only be evaluated, e.g. "
+                              f"'blackbox=[{name}]'; pick a differentiable surrogate")
+        models.append(model)
+    return models
 
 
 def transfer_evaluation(cfg: DictConfig, panel: dict, keys: dict, run_info: dict) -> TransferEvaluation:
@@ -97,19 +126,17 @@ def run(cfg: DictConfig) -> dict:
 
     method = instantiate(cfg.method)
     attack = instantiate(cfg.attack)
-    surrogate_spec, panel_specs = _specs(cfg)
+    sur_specs, panel_specs = _specs(cfg)
     dataset = instantiate(cfg.dataset)
     shard = Shard.from_config(cfg.get("shard"))
     protection, shard_info = shard.select(dataset.protection_set(), cfg.identities_per_batch)
     if shard.count > 1:  # a shard only crafts; its masks are tested once merged (opom-merge-masks, evaluate.py)
         panel_specs = {}
-    build_surrogate, panel, keys = _models(cfg, dataset, surrogate_spec, panel_specs)
-    surrogate = build_surrogate()
-    if not surrogate.differentiable:
-        raise ConfigError(f"surrogate {cfg.surrogate.name!r} is a black box (no gradients): it can only be "
-                          f"evaluated, e.g. 'blackbox=[{cfg.surrogate.name}]'; pick a differentiable surrogate")
+    surrogate_builders, panel, keys = _models(cfg, dataset, sur_specs, panel_specs, canvas=protection.canvas)
+    surrogates = build_surrogates(surrogate_builders)
 
-    run_info = {"method": method.name, "attack": attack.name, "surrogate": cfg.surrogate.name, "eps": attack.eps_levels,
+    run_info = {"method": method.name, "attack": attack.name, "surrogate": surrogate_name(sur_specs),
+                "eps": attack.eps_levels,
                 "config": {**plain_config(cfg), "shard": shard_info}}
     evaluation = transfer_evaluation(cfg, panel, keys, run_info)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
@@ -119,14 +146,14 @@ def run(cfg: DictConfig) -> dict:
         callbacks.append(WandbReport(evaluation, out, face_images=cfg.privacy.face_images is True))
     callbacks += [instantiate(c) for c in (cfg.get("extra_callbacks") or {}).values()]
 
-    module = MaskCrafter(surrogate, method, attack, protection.num_identities, protection.image_size,
+    module = MaskCrafter(surrogates, method, attack, protection.num_identities, protection.image_size,
                          **(cfg.get("crafting") or {}))
     iterations = attack.iterations if method.crafts else 1
     datamodule = ProtectionDataModule(protection, cfg.identities_per_batch, iterations, shard_info["start"])
     trainer = L.Trainer(**shard_trainer(cfg.trainer, shard), max_epochs=1, logger=logger, callbacks=callbacks,
                         enable_checkpointing=False)
     log.info("crafting %d masks: %s, %s, surrogate %s -> %s", protection.num_identities, method, attack,
-             cfg.surrogate.name, out)
+             run_info["surrogate"], out)
     if shard.count > 1:
         log.info("shard %d of %d: people %d..%d of %d", shard.index, shard.count, shard_info["start"],
                  shard_info["stop"] - 1, shard_info["total"])
@@ -150,7 +177,7 @@ def _people_with_masks(protection: ProtectionSet, masks: MaskSet) -> tuple[Prote
         log.info("testing the %d of %d people that have a mask in this file", len(keep), protection.num_identities)
     idx = torch.as_tensor(keep)
     subset = ProtectionSet([protection.names[i] for i in keep], protection.mask_images[idx],
-                           protection.test_images[idx], protection.distractors)
+                           protection.test_images[idx], protection.distractors, protection.canvas)
     return subset, torch.stack([masks.mask_for(name) for name in subset.names])
 
 
@@ -173,18 +200,16 @@ def evaluate_saved(cfg: DictConfig) -> dict:
     job.evaluation = cfg.evaluation
     if not job.blackbox:
         raise ConfigError("the black-box panel is empty: choose models, e.g. 'blackbox=[resnet_cosface]'")
-    surrogate_spec, panel_specs = _specs(job, surrogate=cfg.whitebox)
+    sur_specs, panel_specs = _specs(job, surrogate=cfg.whitebox)
     dataset = instantiate(job.dataset)
     protection, mask_tensor = _people_with_masks(dataset.protection_set(), masks)
     if masks.image_size != protection.image_size:
         raise UserError(f"the masks are {masks.image_size}x{masks.image_size} but the dataset's faces are "
                         f"{protection.image_size}x{protection.image_size}")
-    build_surrogate, panel, keys = _models(job, dataset, surrogate_spec, panel_specs)
+    surrogate_builders, panel, keys = _models(job, dataset, sur_specs, panel_specs, canvas=protection.canvas)
     run_info = {"method": masks.method, "attack": masks.attack, "surrogate": masks.surrogate, "eps": masks.eps,
                 "masks": str(Path(cfg.masks).resolve())}
     evaluation = transfer_evaluation(job, panel, keys, run_info)
-    surrogate = build_surrogate() if cfg.whitebox and surrogate_spec else None
-    if surrogate is not None and not surrogate.differentiable:
-        surrogate = None
+    surrogates = {name: build() for name, build in surrogate_builders.items()} if cfg.whitebox else {}
     log.info("re-testing %d masks from %s -> %s", len(mask_tensor), cfg.masks, cfg.paths.output_dir)
-    return evaluation.evaluate(surrogate, protection, mask_tensor)
+    return evaluation.evaluate({n: m for n, m in surrogates.items() if m.differentiable}, protection, mask_tensor)

@@ -51,9 +51,61 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
+@dataclass(frozen=True)
+class Canvas:
+    """An aligned face image in the canonical similarity frame, possibly larger than the 112x112 crop.
+
+    The canonical frame is that of the ArcFace 112x112 crop (insightface's 5-point template). A canvas extends it by
+    ``margin`` canonical pixels on every side (real photo around the face, which models with wider crops look at:
+    dlib's chip, HSE's detector box) and samples it with ``scale`` pixels per canonical pixel: canonical point
+    ``p`` lies at canvas pixel ``scale * (p + margin)``. ``Canvas()`` is the 112x112 crop itself; ``canvas224`` is
+    ``Canvas(56, 1)``, the aligned face plus 56 px of the photo around it. Every model of the zoo reads its own input
+    from a canvas, differentiably (:meth:`opom.models.zoo.FaceModel.prepare`).
+    """
+
+    margin: int = 0
+    scale: int = 1
+
+    def __post_init__(self):
+        if self.margin < 0 or self.scale < 1:
+            raise UserError(f"a canvas needs margin >= 0 and scale >= 1, got margin {self.margin}, scale {self.scale}")
+
+    @property
+    def size(self) -> int:
+        return (112 + 2 * self.margin) * self.scale
+
+    @property
+    def is_canonical(self) -> bool:
+        return self.margin == 0 and self.scale == 1
+
+    def from_canonical(self) -> np.ndarray:
+        """2x3 matrix: canonical-frame pixel coordinates -> canvas pixel coordinates."""
+        s = float(self.scale)
+        return np.array([[s, 0.0, s * self.margin], [0.0, s, s * self.margin]])
+
+    def face_box(self) -> tuple[float, float, float, float]:
+        """Where the canonical 112x112 crop lies in the canvas: (x0, y0, x1, y1) in pixels."""
+        lo = self.scale * self.margin
+        return lo, lo, lo + 112 * self.scale, lo + 112 * self.scale
+
+    def template(self) -> Template:
+        points = transform_points(self.from_canonical(), ARCFACE_TEMPLATE_112)
+        return Template(tuple(map(tuple, points.tolist())), self.size, self.size,
+                        f"ArcFace 112 frame, margin {self.margin}, scale {self.scale}")
+
+    def to_dict(self) -> dict:
+        return {"margin": self.margin, "scale": self.scale}
+
+
+CANVASES: dict[str, Canvas] = {"arcface_112": Canvas(), "canvas224": Canvas(56, 1), "canvas448": Canvas(56, 2)}
+
+
 def get_template(name: str) -> Template:
+    if name in CANVASES and name not in TEMPLATES:
+        return CANVASES[name].template()
     if name not in TEMPLATES:
-        raise UserError(f"unknown alignment template {name!r}; choose one of {', '.join(sorted(TEMPLATES))}")
+        names = ", ".join(sorted(set(TEMPLATES) | set(CANVASES)))
+        raise UserError(f"unknown alignment template {name!r}; choose one of {names}")
     return TEMPLATES[name]
 
 

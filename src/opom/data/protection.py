@@ -7,12 +7,13 @@ finds its person.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from opom.data.alignment import Canvas
 from opom.data.gallery import Gallery
 from opom.errors import DatasetError
 
@@ -23,6 +24,7 @@ class ProtectionSet:
     mask_images: torch.Tensor  # (I, N, 3, H, W) uint8
     test_images: torch.Tensor  # (I, T, 3, H, W) uint8
     distractors: torch.Tensor | Gallery  # uint8 (M, 3, H, W) or a streamed opom.data.gallery.Gallery
+    canvas: Canvas = field(default_factory=Canvas)  # the images' aligned frame (default: the 112x112 crop)
 
     def __post_init__(self):
         i = len(self.names)

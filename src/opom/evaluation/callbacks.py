@@ -89,11 +89,12 @@ class TransferEvaluation(L.Callback):
                                self.model_keys.get(name), self.chunk)
         return {**rates, "whitebox": whitebox}
 
-    def evaluate(self, surrogate: nn.Module | None, data, masks) -> dict:
-        """Results of ``masks`` on ``data`` for the surrogate (white-box, when given) and the panel."""
+    def evaluate(self, surrogates: dict[str, nn.Module], data, masks) -> dict:
+        """Results of ``masks`` on ``data`` for the surrogates (white-box; ``{name: model}``, may be empty) and the
+        panel."""
         models = {}
-        if surrogate is not None:
-            models[self.run_info["surrogate"]] = self._rates(self.run_info["surrogate"], surrogate, data, masks, True)
+        for name, surrogate in surrogates.items():
+            models[name] = self._rates(name, surrogate, data, masks, True)
         for name, build in self.panel.items():
             model = build()
             models[name] = self._rates(name, model, data, masks, whitebox=False)
@@ -106,7 +107,8 @@ class TransferEvaluation(L.Callback):
         return self.results
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        results = self.evaluate(pl_module.surrogate, trainer.datamodule.protection, pl_module.masks.detach().cpu())
+        surrogates = {model.name: model for model in pl_module.surrogates}
+        results = self.evaluate(surrogates, trainer.datamodule.protection, pl_module.masks.detach().cpu())
         for logger in trainer.loggers:
             logger.log_metrics({f"eval/{name}/{k}": float(v) for name, r in results["models"].items()
                                 for k, v in r.items() if isinstance(v, (int, float))})

@@ -25,14 +25,23 @@ from opom.evaluation.robustness import apply_transform
 FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 
 
-def _verification(genuine, protected_genuine, thresholds: dict, threshold: float | None) -> dict[str, float]:
+def _verification(protected_genuine, thresholds: dict) -> dict[str, float]:
     out = {}
     for far, (thr, tar) in thresholds.items():
         out[f"tar_clean@far{far:g}"] = tar
         out[f"tar_protected@far{far:g}"] = (protected_genuine >= thr).double().mean().item()
-    if threshold is not None:
-        out["psr_at_threshold"] = (protected_genuine < threshold).double().mean().item()
     return out
+
+
+def _psr_at_threshold(model: nn.Module, protected: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
+    """Share of ordered pairs (i, j), i != j, where the model's own rule (its threshold, cosine or L2) says the
+    protected probe i and the clean image j are NOT the same person; empty without a declared threshold."""
+    preprocessing = getattr(model, "preprocessing", None)
+    if getattr(preprocessing, "threshold", None) is None:
+        return {}
+    t = protected.shape[1]
+    same = preprocessing.same_person(protected.double()[:, :, None], clean.double()[:, None, :])
+    return {"psr_at_threshold": 1.0 - same[:, ~torch.eye(t, dtype=torch.bool)].double().mean().item()}
 
 
 def _stream_scores(clean: RankCounter, others: list[RankCounter], store: GalleryEmbeddings, genuine: torch.Tensor,
@@ -97,8 +106,8 @@ def evaluate_model(model: nn.Module, data: ProtectionSet, masks: torch.Tensor, k
     out: dict = rates_from_hits(*counters[""], ks)
     if robustness:
         out["robustness"] = {name: rates_from_hits(*counters[name], ks) for name in robustness}
-    threshold = getattr(getattr(model, "preprocessing", None), "threshold", None)
-    out.update(_verification(genuine, protected_genuine, thresholds, threshold))
+    out.update(_verification(protected_genuine, thresholds))
+    out.update(_psr_at_threshold(model, prot_e, clean_e))
     hits, trials = counters[""][1].hits((1,))
     out["per_identity_psr_top1"] = dict(zip(data.names, (1.0 - hits[1].double() / trials).tolist(), strict=True))
     return out

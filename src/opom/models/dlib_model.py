@@ -84,6 +84,12 @@ class DlibFaceModel(nn.Module):
         self.landmarks = dlib.shape_predictor(str(folder / LANDMARKS_FILE))
         self.recognizer = dlib.face_recognition_model_v1(str(folder / RECOGNITION_FILE))
         self.chip_size, self.padding, self.num_jitters = chip_size, padding, num_jitters
+        self.face_box: tuple[float, float, float, float] | None = None  # None: the whole image is the face box
+
+    def set_canvas(self, canvas) -> None:
+        """Inputs are ``canvas`` images (:class:`opom.data.alignment.Canvas`): dlib's landmarks are searched in the
+        canonical face box inside them (on a larger canvas dlib's chip then sees the real photo around the face)."""
+        self.face_box = None if canvas.is_canonical else canvas.face_box()
 
     def face_chips(self, images) -> np.ndarray:
         """dlib's own alignment of each crop: (B, 150, 150, 3) uint8 RGB chips."""
@@ -91,7 +97,8 @@ class DlibFaceModel(nn.Module):
         chips = []
         for img in batch:
             h, w = img.shape[:2]
-            shape = self.landmarks(img, self._dlib.rectangle(0, 0, w - 1, h - 1))
+            x0, y0, x1, y1 = self.face_box or (0, 0, w, h)
+            shape = self.landmarks(img, self._dlib.rectangle(int(x0), int(y0), int(x1) - 1, int(y1) - 1))
             chips.append(self._dlib.get_face_chip(img, shape, size=self.chip_size, padding=self.padding))
         return np.stack(chips) if chips else np.zeros((0, self.chip_size, self.chip_size, 3), np.uint8)
 

