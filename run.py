@@ -15,8 +15,10 @@ def main(cfg: DictConfig) -> float:
 
     with friendly_errors():
         results = run(cfg)
-    # the mean black-box PSR@1, for Hydra sweepers that optimise a returned value
-    blackbox = [r["psr_top1"] for r in results["models"].values() if not r["whitebox"]]
+    # for Hydra sweepers that optimise a returned value: the mean black-box PSR@1, or on held-out photos the mean
+    # protection rate of the held-out families
+    key = "protected_rate" if results.get("protocol") == "holdout" else "psr_top1"
+    blackbox = [r[key] for r in results["models"].values() if not r["whitebox"] and r.get("held_out", True)]
     return sum(blackbox) / len(blackbox) if blackbox else float("nan")  # nan: an identity shard tests nothing
 
 

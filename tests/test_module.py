@@ -16,8 +16,8 @@ def _protection(n_id=5, n=4, t=2, size=8, seed=0):
                                               torch.randint(0, 256, (6, 3, size, size), generator=g, dtype=torch.uint8))
 
 
-def _craft(protection, method, attack, per_batch, dtype=torch.float64):
-    surrogate = TinyNet().to(dtype)
+def _craft(protection, method, attack, per_batch, dtype=torch.float64, surrogate=None):
+    surrogate = TinyNet().to(dtype) if surrogate is None else surrogate
     module = MaskCrafter(surrogate, method, attack, protection.num_identities, image_size=8).to(dtype)
     iterations = attack.iterations if method.crafts else 1
     dm = ProtectionDataModule(protection, per_batch, iterations)
@@ -58,3 +58,36 @@ def test_random_noise_and_dfanet_masks_within_eps():
     assert not torch.equal(noise[0], noise[1])  # one draw per identity
     dfanet = _craft(protection, METHODS["convex_hull"](warmup=1), DFANetMI(eps=4, iterations=3), 2, torch.float32)
     assert 0 < dfanet.abs().max() <= 4 / 255 + 1e-7
+
+
+def test_an_ensemble_of_one_model_twice_crafts_that_models_masks():
+    """Each member's loss enters the objective with the same weight: two copies of one model are that model."""
+    protection = _protection(n_id=3)
+    attack = FIM(eps=8, iterations=6)
+    one = _craft(protection, METHODS["convex_hull"](warmup=2), attack, 3)
+    twice = _craft(protection, METHODS["convex_hull"](warmup=2), attack, 3,
+                   surrogate=[TinyNet().double(), TinyNet().double()])
+    assert torch.equal(one, twice)
+
+
+def test_an_ensemble_uses_every_member():
+    protection = _protection(n_id=3)
+    attack = FIM(eps=8, iterations=6)
+    a = _craft(protection, METHODS["class_center"](), attack, 3, surrogate=TinyNet(seed=1).double())
+    b = _craft(protection, METHODS["class_center"](), attack, 3, surrogate=TinyNet(seed=2).double())
+    ab = _craft(protection, METHODS["class_center"](), attack, 3,
+                surrogate=[TinyNet(seed=1).double(), TinyNet(seed=2).double()])
+    assert not torch.equal(ab, a) and not torch.equal(ab, b)
+    assert 0 < ab.abs().max() <= 8 / 255 + 1e-12
+
+
+def test_dfanet_dropout_reaches_every_member_of_an_ensemble():
+    from opom.attack import feature_dropout
+
+    members = torch.nn.ModuleList([TinyNet(seed=1), TinyNet(seed=2)])
+    x = torch.rand(4, 3, 8, 8)
+    clean = [m(x) for m in members]
+    with feature_dropout(members, 0.5):
+        dropped = [m(x) for m in members]
+    assert all(not torch.allclose(c, d) for c, d in zip(clean, dropped, strict=True))
+    assert all(torch.equal(c, m(x)) for c, m in zip(clean, members, strict=True))  # hooks gone afterwards

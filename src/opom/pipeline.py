@@ -19,11 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from opom.data.protection import ProtectionDataModule, ProtectionSet
 from opom.errors import ConfigError, UserError
 from opom.evaluation.callbacks import MaskWriter, TransferEvaluation, WandbReport
+from opom.evaluation.holdout import HoldoutEvaluation
 from opom.logs import quiet_lightning
 from opom.masks import MaskSet, load_masks
 from opom.methods import METHODS
 from opom.models.training import prepare_models
-from opom.models.zoo import build_face_model, model_key, preflight
+from opom.models.zoo import ZOO, build_face_model, model_key, preflight
 from opom.module import MaskCrafter
 from opom.shards import Shard, shard_trainer
 
@@ -128,6 +129,8 @@ def run(cfg: DictConfig) -> dict:
     attack = instantiate(cfg.attack)
     sur_specs, panel_specs = _specs(cfg)
     dataset = instantiate(cfg.dataset)
+    if getattr(dataset, "protocol", None) == "holdout":
+        return run_holdout(cfg, dataset, method, attack, sur_specs, panel_specs)
     shard = Shard.from_config(cfg.get("shard"))
     protection, shard_info = shard.select(dataset.protection_set(), cfg.identities_per_batch)
     if shard.count > 1:  # a shard only crafts; its masks are tested once merged (opom-merge-masks, evaluate.py)
@@ -162,6 +165,36 @@ def run(cfg: DictConfig) -> dict:
         logger.experiment.finish()  # one wandb run per job, also inside a multirun
     if shard.count > 1:
         return {**{k: v for k, v in run_info.items() if k != "config"}, "shard": shard_info, "models": {}}
+    return evaluation.results
+
+
+def run_holdout(cfg: DictConfig, dataset, method, attack, sur_specs: dict, panel_specs: dict) -> dict:
+    """The main job on a held-out-photo benchmark (``dataset=real_photos``): one mask per fold (a person's
+    enrolment photos), judged on the fold's held-out photo by the surrogates and the panel at their own thresholds
+    (:mod:`opom.evaluation.holdout`)."""
+    out = Path(cfg.paths.output_dir)
+    if Shard.from_config(cfg.get("shard")).count > 1:
+        raise ConfigError("identity shards are not available on the held-out-photo benchmark (it is small): "
+                          "leave shard.count=1")
+    data = dataset.holdout_set()
+    builders, panel, _ = _models(cfg, dataset, sur_specs, panel_specs, canvas=data.canvas)
+    surrogates = build_surrogates(builders)
+    families = {spec["name"]: ZOO[spec["arch"]].family for spec in [*sur_specs.values(), *panel_specs.values()]}
+    run_info = {"method": method.name, "attack": attack.name, "surrogate": surrogate_name(sur_specs),
+                "eps": attack.eps_levels, "dataset": type(dataset).__name__, "canvas": data.canvas.to_dict(),
+                "config": plain_config(cfg)}
+    evaluation = HoldoutEvaluation(panel, families, out, run_info)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    module = MaskCrafter(surrogates, method, attack, data.num_identities, data.image_size,
+                         **(cfg.get("crafting") or {}))
+    iterations = attack.iterations if method.crafts else 1
+    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), max_epochs=1, logger=logger,
+                        callbacks=[MaskWriter(out, run_info), evaluation], enable_checkpointing=False)
+    log.info("crafting %d held-out-photo masks (%s photos): %s, %s, surrogates %s -> %s", data.num_identities,
+             len(data.faces), method, attack, run_info["surrogate"], out)
+    trainer.fit(module, datamodule=ProtectionDataModule(data, cfg.identities_per_batch, iterations))
+    if isinstance(logger, WandbLogger):
+        logger.experiment.finish()
     return evaluation.results
 
 

@@ -96,6 +96,11 @@ class Canvas:
     def to_dict(self) -> dict:
         return {"margin": self.margin, "scale": self.scale}
 
+    @property
+    def name(self) -> str:
+        """``arcface_112`` for the canonical crop, a :data:`CANVASES` name, else ``canvas_m<margin>_s<scale>``."""
+        return next((n for n, c in CANVASES.items() if c == self), f"canvas_m{self.margin}_s{self.scale}")
+
 
 CANVASES: dict[str, Canvas] = {"arcface_112": Canvas(), "canvas224": Canvas(56, 1), "canvas448": Canvas(56, 2)}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 from torch import nn
 
+from opom.data.alignment import Canvas
 from opom.evaluation.plots import example_strip
 from opom.evaluation.transfer import evaluate_model, mask_image_quality
 from opom.masks import MaskSet, save_masks, save_preview
@@ -39,10 +40,13 @@ class MaskWriter(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         names = trainer.datamodule.protection.names
+        canvas = getattr(trainer.datamodule.protection, "canvas", Canvas())
+        template = canvas.template()
         info = self.run_info
         ms = MaskSet(masks=pl_module.masks.detach().cpu(), identities=list(names), surrogate=info["surrogate"],
                      method=info["method"], attack=info["attack"], eps=info["eps"],
-                     image_size=pl_module.masks.shape[-1], extra={"config": info.get("config", {})})
+                     image_size=pl_module.masks.shape[-1], template=canvas.name, template_points=template.points,
+                     extra={"config": info.get("config", {})})
         path = save_masks(self.output_dir / "masks.safetensors", ms)
         log.info("masks saved to %s", path)
         if self.preview:

@@ -124,3 +124,43 @@ def examples_grid(strips: list[tuple[str, Path]], path: Path) -> Path | None:
     path = _save(fig, path)
     plt.close(fig)
     return path
+
+
+def transfer_heatmap(rows: list[dict], path: Path) -> Path:
+    """Protection at each target's threshold: surrogate sets (rows) x target models (columns), one panel per eps
+    (and method/attack when they vary). Cells whose target family was among the surrogates are hatched and marked
+    "seen" (white-box or same family); the others are the honest, held-out-family numbers."""
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    panels = sorted({(r["method"], r["attack"], r["eps"]) for r in rows}, key=lambda p: (p[2], p[0], p[1]))
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    sets = list(dict.fromkeys(r["surrogates"] for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.1 * len(targets) * len(panels) + 3.5, 0.6 * len(sets) + 2.2),
+                             squeeze=False)
+    for ax, (method, attack, eps) in zip(axes[0], panels, strict=True):
+        grid = np.full((len(sets), len(targets)), np.nan)
+        seen = np.zeros_like(grid, dtype=bool)
+        for r in rows:
+            if (r["method"], r["attack"], r["eps"]) == (method, attack, eps):
+                i, j = sets.index(r["surrogates"]), targets.index(r["target"])
+                grid[i, j], seen[i, j] = r["protected_rate"], not r["held_out"]
+        ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        for i in range(len(sets)):
+            for j in range(len(targets)):
+                if np.isnan(grid[i, j]):
+                    continue
+                if seen[i, j]:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="grey", lw=0))
+                label = f"{grid[i, j]:.2f}" + ("\nseen" if seen[i, j] else "")
+                ax.text(j, i, label, ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(targets)), targets, rotation=35, ha="right")
+        ax.set_yticks(range(len(sets)), [s.replace("+", " + ") for s in sets], fontsize=8)
+        ax.set_title(f"{method} / {attack} / eps {eps:g}", fontsize=9)
+        ax.set_xlabel("target model (judged at its own threshold)")
+    axes[0][0].set_ylabel("crafted with")
+    fig.suptitle("Held-out photos protected (share of photos the target no longer matches)", fontsize=10)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

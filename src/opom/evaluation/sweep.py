@@ -11,6 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from opom.evaluation import plots
+from opom.evaluation.holdout import matrix_markdown, write_transfer_matrix
 
 log = logging.getLogger("opom")
 FIXED = plots.FIXED
@@ -19,7 +20,8 @@ FIXED = plots.FIXED
 def _results(sweep_dir: Path) -> list[tuple[Path, dict]]:
     """Every job's results (shards and other jobs without models left out), in job order."""
     paths = sorted(Path(sweep_dir).glob("**/results.json"), key=lambda p: p.stat().st_mtime_ns)
-    return [(p, r) for p, r in ((p, json.loads(p.read_text())) for p in paths) if r.get("models")]
+    return [(p, r) for p, r in ((p, json.loads(p.read_text())) for p in paths)
+            if r.get("models") and r.get("protocol") != "holdout"]  # held-out-photo jobs: transfer_matrix.*
 
 
 def collect(sweep_dir: Path, k: int = 1) -> list[dict]:
@@ -129,6 +131,10 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        matrix = write_transfer_matrix(sweep_dir)
+        if matrix:
+            print(f"\nTransfer matrix ({sweep_dir}/transfer_matrix.csv, .md, .png), held-out families:\n"
+                  f"{matrix_markdown(matrix)}\n")
         rows, figures = write_summary(sweep_dir)
         if not rows:
             return
