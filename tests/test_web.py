@@ -302,7 +302,7 @@ def _start(*args: str) -> tuple[subprocess.Popen, str, Path]:
     return proc, url.group(0), root
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_opom_web_listens_on_loopback_only_and_removes_its_uploads_on_exit(tmp_path, sig):
     import urllib.request
 
@@ -331,3 +331,26 @@ def test_opom_web_busy_port_is_one_error_line(capsys):
         assert main(["web", "--no-browser", "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: port {port} is in use: choose another --port, or leave it out for a free one"]
+
+
+def test_a_video_is_protected_and_shown_by_its_first_frame(tmp_path):
+    pytest.importorskip("av")
+    from opom.cloak.video import pan_zoom_clip
+
+    clip = pan_zoom_clip(texture(), tmp_path / "clip.mp4", frames=6, size=(320, 240))
+    detector = StubDetector([face_points(1.0, 0, (100, 60))])
+
+    async def body():
+        async with page(tmp_path / "root", detector=detector) as client:
+            sid = await new_session(client)
+            await load_mask(client, sid, make_mask(tmp_path / "m.safetensors"))
+            status = await run_job(client, sid, "protect", form(clip, choose="largest"))
+            card = status["result"]["files"][0]
+            assert (card["kind"], card["outcome"], card["faces"]) == ("video", "protected", 1), card
+            assert set(card["pictures"]) == {"before", "after"}
+            first = [np.asarray(Image.open(io.BytesIO(await (await client.get(card["pictures"][k])).read())))
+                     for k in ("before", "after")]
+            assert first[0].shape == (240, 320, 3) and (first[0] != first[1]).any()
+            video = await (await client.get(card["download"])).read()
+            assert video[4:8] == b"ftyp"  # an MP4, as written by protect
+    asyncio.run(body())

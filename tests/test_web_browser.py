@@ -30,7 +30,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                   "--no-first-run", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--window-size=1280,1000"]
-INSTALL = "apt-get install chromium chromium-driver (.ci/run installs them)"
+INSTALL = "apt-get install chromium chromium-driver; .ci/run installs them"
 
 
 def chromium() -> tuple[str, str]:
@@ -39,6 +39,8 @@ def chromium() -> tuple[str, str]:
     driver = os.environ.get("OPOM_CHROMEDRIVER") or shutil.which("chromedriver")
     if not browser or not driver:
         pytest.skip(f"browser test skipped: Chromium or chromedriver is not installed ({INSTALL})")
+    if not (os.path.isfile(browser) and os.path.isfile(driver)):
+        pytest.skip(f"browser test skipped: {browser} or {driver} does not exist ({INSTALL})")
     return browser, driver
 
 
@@ -126,12 +128,12 @@ def downloaded(folder: Path, suffix: str, timeout: float = 30) -> Path:
 def screenshot(driver, path: Path, full: bool = True) -> None:
     if full:  # the whole page, not only the window
         height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1280, min(max(height, 600), 6000))
+        driver.set_window_size(1280, min(max(height + 160, 600), 6000))  # + the window frame around the page
         driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(str(path))
 
 
-def test_page_upload_enroll_protect_download_check_in_chromium(server, browser, photos, artefacts, capsys):
+def test_page_upload_enroll_protect_download_check_in_chromium(browser, photos, server, artefacts, capsys):
     from selenium.webdriver.common.by import By
 
     from opom.cloak.mask import load_person_mask
@@ -149,9 +151,10 @@ def test_page_upload_enroll_protect_download_check_in_chromium(server, browser, 
     assert len(browser.find_elements(By.CSS_SELECTOR, "#enroll-list img")) == 3
     find(By.ID, "enroll-go").click()
     wait_for(browser, visible("#enroll-progress"), 30, "the progress indicator")
+    screenshot(browser, artefacts / "2_enrolling.png", full=False)
     result = wait_for(browser, visible("#enroll-result"), 300, "the mask")
     assert "Your mask is ready, made from 3 photo(s)." in result.text
-    screenshot(browser, artefacts / "2_enrolled.png")
+    screenshot(browser, artefacts / "3_enrolled.png")
     find(By.ID, "mask-save").click()
     mask = downloaded(browser.downloads, ".safetensors")
     assert load_person_mask(mask).identity == "me"
@@ -167,7 +170,7 @@ def test_page_upload_enroll_protect_download_check_in_chromium(server, browser, 
     assert "none matches 'me'" in cards["biden.jpg"].text and "not an image file" in cards["notes.txt"].text
     zooms = cards["obama.jpg"].find_elements(By.CSS_SELECTOR, ".zooms img")
     assert len(zooms) == 3 and all(browser.execute_script("return arguments[0].naturalWidth", z) > 0 for z in zooms)
-    screenshot(browser, artefacts / "3_protected.png")
+    screenshot(browser, artefacts / "4_protected.png")
     cards["obama.jpg"].find_element(By.LINK_TEXT, "Download the protected copy").click()
     copy = downloaded(browser.downloads, ".jpg")
     assert copy.name == "obama.jpg" and copy.read_bytes() != (photos / "obama.jpg").read_bytes()
@@ -179,7 +182,7 @@ def test_page_upload_enroll_protect_download_check_in_chromium(server, browser, 
     rows = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#check-rows li")]
     assert rows and any("SFace" in r for r in rows)
     assert all(re.search(r"(no longer|still) recognises you in obama\.jpg", r) for r in rows), rows
-    screenshot(browser, artefacts / "4_checked.png")
+    screenshot(browser, artefacts / "5_checked.png")
 
     # a second tab: its own session; a bad enrolment gets the CLI's line; the saved mask loads
     browser.switch_to.new_window("tab")
@@ -195,7 +198,7 @@ def test_page_upload_enroll_protect_download_check_in_chromium(server, browser, 
     wait_for(browser, visible("#enroll-result"), 30, "the loaded mask")
     assert "Loaded from me.safetensors" in find(By.ID, "enroll-result").text
     assert "locked" not in find(By.ID, "step-protect").get_attribute("class")
-    screenshot(browser, artefacts / "5_second_tab.png")
+    screenshot(browser, artefacts / "6_second_tab.png")
     assert len(list(root.iterdir())) == 2  # one folder per tab
 
     # stopping the server removes every upload

@@ -86,9 +86,11 @@ def _enroll_words(surrogate: str, wb: dict, photos: int) -> list[str]:
         lines.append("Only a few photos: 3-10 varied photos of you make a mask that works better on new photos.")
     if wb:
         thr = wb.get("threshold")
-        lines.append(f"On {model_name(surrogate)} (the model the mask was made on) your masked photos resemble you "
-                     f"{wb['protected_mean']:.2f} instead of {wb['clean_mean']:.2f}"
-                     + (f" (it says 'same person' from {thr:.3f})." if thr is not None else "."))
+        looks = "score" if thr is None else ("no longer look like you" if wb["protected_mean"] < thr else
+                                              "still look like you")
+        lines.append(f"To {model_name(surrogate)}, the model the mask was made on, your masked photos {looks} "
+                     f"(similarity {wb['protected_mean']:.2f} instead of {wb['clean_mean']:.2f}"
+                     + (f"; 'same person' from {thr:.3f})." if thr is not None else ")."))
     return lines
 
 

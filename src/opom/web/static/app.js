@@ -101,7 +101,7 @@ async function run(step, path, form, files, describe) {
     started = await api(path, { method: "POST" });
   }
   const status = await follow(started.job, (s) => {
-    if (s.state === "queued") setProgress(step, "Waiting for the job of another tab to finish", null);
+    if (s.state === "queued") setProgress(step, "Waiting for the job before it to finish (one job runs at a time)", null);
     else if (s.state === "running") setProgress(step, describe(s), s.total ? s.done / s.total : null);
   });
   setProgress(step, null);
@@ -296,6 +296,9 @@ async function start() {
   });
   dropZone("protect-drop", "protect-input", (files) => {
     state.protectFiles = files; listFiles("protect-list", files, false); refreshButtons();
+  });
+  $("mask-load-input").parentElement.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("mask-load-input").click(); }
   });
   $("mask-load-input").addEventListener("change", (e) => {
     const file = e.target.files[0]; e.target.value = ""; if (file) loadMask(file);
