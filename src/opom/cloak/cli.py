@@ -12,6 +12,7 @@ import contextlib
 import logging
 import sys
 
+from opom import web
 from opom.cli_errors import friendly_errors
 
 
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="verification threshold of a panel model (cosine; dlib: L2 distance)")
     c.add_argument("--json", help="also write the numbers to this JSON file")
     _detect_args(c)
+    web.add_parser(sub)
     return parser
 
 
@@ -185,7 +187,7 @@ def _console_logging():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run = {"enroll": _enroll, "protect": _protect, "check": _check}[args.command]
+    run = {"enroll": _enroll, "protect": _protect, "check": _check, "web": web.run}[args.command]
     try:
         with _console_logging(), friendly_errors():
             return run(args)
