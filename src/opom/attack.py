@@ -24,6 +24,41 @@ from torch import nn
 from opom.errors import ConfigError
 from opom.threads import one_cpu_thread
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights of R, G, B
+
+
+@dataclass
+class Budget:
+    """Where and how much a mask may change a pixel (an *extension* of the paper's plain L-inf ball).
+
+    ``region`` (H, W) in [0, 1] scales the L-inf budget per pixel — a soft face region leaves hair and background
+    untouched (:func:`opom.data.alignment.face_region`); ``chroma`` in [0, 1] limits the colour part of the change
+    (each pixel's change minus its luma change) to that fraction: the eye notices colour speckle on skin sooner
+    than the same change in brightness. ``Budget()`` is the paper's budget.
+    """
+
+    region: torch.Tensor | None = None
+    chroma: float = 1.0
+
+    def __post_init__(self):
+        if not 0 <= self.chroma <= 1:
+            raise ConfigError(f"crafting.chroma must be in [0, 1], got {self.chroma}")
+
+    @property
+    def plain(self) -> bool:
+        return self.region is None and self.chroma == 1
+
+    def apply_(self, delta: torch.Tensor, eps: float) -> torch.Tensor:
+        """Shape (..., 3, H, W) offsets already within +-eps, in place."""
+        if self.region is not None:
+            limit = self.region.to(delta) * eps
+            torch.minimum(delta, limit, out=delta)
+            torch.maximum(delta, -limit, out=delta)
+        if self.chroma < 1:
+            luma = (delta * torch.tensor(LUMA, dtype=delta.dtype, device=delta.device).view(3, 1, 1)).sum(-3, True)
+            delta.sub_(luma).mul_(self.chroma).add_(luma)
+        return delta
+
 
 @dataclass
 class AttackState:
@@ -33,6 +68,7 @@ class AttackState:
     x_adv: torch.Tensor  # current perturbed images, same shape
     momentum: torch.Tensor | None = None
     clean_features: list[torch.Tensor] | None = None  # per surrogate (B, N, D), cached unless recomputed per step
+    budget: Budget | None = None
 
 
 def uniform_noise(shape: tuple[int, ...], eps: float, seed: int, device=None) -> torch.Tensor:
@@ -47,24 +83,79 @@ def batch_seed(seed: int, first_identity: int) -> int:
     return (int(seed) * 1_000_003 + int(first_identity)) % (2**63 - 1)
 
 
-def dfanet_sites(model: nn.Module) -> list[nn.Module]:
-    """Where DFANet puts dropout in ``model``: its backbone's ``dfanet_sites()``, else after every Conv2d."""
+def declared_dfanet_sites(model: nn.Module) -> list[nn.Module] | None:
+    """The sites a model declares for DFANet's dropout (its backbone's ``dfanet_sites()``), or None."""
     inner = getattr(model, "backbone", model)
-    if hasattr(inner, "dfanet_sites"):
-        return list(inner.dfanet_sites())
+    return list(inner.dfanet_sites()) if hasattr(inner, "dfanet_sites") else None
+
+
+def _candidate_sites(model: nn.Module) -> list[nn.Module]:
+    """Every convolution output of a model that declares no sites (a TFJS graph exposes its conv outputs)."""
+    inner = getattr(model, "backbone", model)
+    if hasattr(inner, "conv_sites"):
+        return list(inner.conv_sites())
     return [m for m in inner.modules() if isinstance(m, nn.Conv2d)]
 
 
+def _cosine_with_dropout(model: nn.Module, images: torch.Tensor, sites: list[nn.Module], p: float,
+                         clean: torch.Tensor, draws: int = 2) -> float:
+    values = []
+    with torch.no_grad():
+        for d in range(draws):
+            torch.manual_seed(1_000 + d)
+            with feature_dropout(sites, p):
+                values.append(F.cosine_similarity(model(images), clean, dim=1).mean().item())
+    return sum(values) / len(values)
+
+
+def select_dfanet_sites(model: nn.Module, images: torch.Tensor, p: float, min_cosine: float = 0.9) -> list[nn.Module]:
+    """DFANet's dropout sites of ``model``: those it declares, else a greedy choice among its convolution outputs.
+
+    DFANet (Wang et al., CVPR 2021) drops features after the convs of residual branches; on a network that declares
+    no sites, dropout after every conv can destroy the embedding (SFace: cosine 0.06-0.20 with its dropout-free
+    self at p = 0.1), and the attack then follows noise. Here each conv output is tried alone (mean cosine of the
+    clean embeddings of ``images`` with and without dropout), and the least harmful are added one by one while the
+    combined cosine stays >= ``min_cosine``. Deterministic (seeded draws); the caller's RNG state is restored.
+    """
+    declared = declared_dfanet_sites(model)
+    if declared is not None or p <= 0:
+        return declared or []
+    state = torch.get_rng_state()
+    try:
+        with torch.no_grad():
+            clean = model(images)
+        candidates = _candidate_sites(model)
+        alone = sorted(range(len(candidates)), reverse=True,
+                       key=lambda i: _cosine_with_dropout(model, images, [candidates[i]], p, clean, draws=1))
+        chosen: list[int] = []
+        for i in alone:
+            trial = [candidates[j] for j in sorted(chosen + [i])]
+            if _cosine_with_dropout(model, images, trial, p, clean) >= min_cosine:
+                chosen.append(i)
+        return [candidates[j] for j in sorted(chosen)]
+    finally:
+        torch.set_rng_state(state)
+
+
+def dfanet_sites(model: nn.Module) -> list[nn.Module]:
+    """Where DFANet puts dropout in ``model`` without a choice: the declared sites, else after every conv."""
+    declared = declared_dfanet_sites(model)
+    return declared if declared is not None else _candidate_sites(model)
+
+
 @contextlib.contextmanager
-def feature_dropout(model: nn.Module | nn.ModuleList, p: float):
-    """DFANet: apply always-on dropout(p) to the output of each of the model's :func:`dfanet_sites` (of every
-    model, for an ensemble given as a ``ModuleList``). BatchNorm stays in eval mode.
+def feature_dropout(model: nn.Module | nn.ModuleList | list, p: float):
+    """DFANet: apply always-on dropout(p) to the outputs of the given sites — a list of modules — or of a model's
+    (or a ``ModuleList`` ensemble's) :func:`dfanet_sites`. BatchNorm stays in eval mode.
     """
     if p <= 0:
         yield model
         return
-    members = list(model) if isinstance(model, nn.ModuleList) else [model]
-    sites = [site for member in members for site in dfanet_sites(member)]
+    if isinstance(model, list):
+        sites = model
+    else:
+        members = list(model) if isinstance(model, nn.ModuleList) else [model]
+        sites = [site for member in members for site in dfanet_sites(member)]
     handles = [m.register_forward_hook(lambda _m, _i, out: F.dropout(out, p, training=True)) for m in sites]
     try:
         yield model
@@ -92,13 +183,17 @@ class SignAttack:
         self.eps, self.step = eps / 255.0, step / 255.0
         self.iterations, self.random_start, self.seed = int(iterations), bool(random_start), int(seed)
 
-    def init_state(self, x: torch.Tensor) -> AttackState:
-        """Start every image of every identity at ``x + U(-eps, eps)`` (the reference does not clip here)."""
+    def init_state(self, x: torch.Tensor, init: torch.Tensor | None = None,
+                   budget: Budget | None = None) -> AttackState:
+        """Start every image of every identity at ``x + U(-eps, eps)`` (the reference does not clip here), or at
+        ``clip(x + init)`` when masks to start from are given (B, 3, H, W; per-photo refinement)."""
         x_adv = x.clone()
-        if self.random_start:
+        if init is not None:
+            x_adv = (x + init.to(x).clamp(-self.eps, self.eps).unsqueeze(1)).clamp_(0, 1)
+        elif self.random_start:
             noise = uniform_noise(tuple(x.shape[1:]), self.eps, self.seed, x.device)
             x_adv = x + noise  # the same per-identity draw for every identity, as the reference
-        return AttackState(x=x, x_adv=x_adv)
+        return AttackState(x=x, x_adv=x_adv, budget=None if budget is None or budget.plain else budget)
 
     def update(self, state: AttackState, grad: torch.Tensor) -> torch.Tensor:
         """One iteration from the loss gradient w.r.t. ``state.x_adv``; returns the masks (B, 3, H, W).
@@ -118,10 +213,12 @@ class SignAttack:
         """The update of the identities ``ids`` (a slice, so that every tensor below is a view)."""
         raise NotImplementedError
 
-    def _project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Mask = the mean offset over images, clipped to +-eps; every image restarts at ``clip(x + mask)``
-        (``x_adv`` is overwritten with that)."""
+    def _project(self, x_adv: torch.Tensor, x: torch.Tensor, budget: Budget | None = None) -> torch.Tensor:
+        """Mask = the mean offset over images, clipped to +-eps (and shaped by ``budget``); every image restarts at
+        ``clip(x + mask)`` (``x_adv`` is overwritten with that)."""
         delta = x_adv.sub_(x).mean(dim=1).clamp_(-self.eps, self.eps)
+        if budget is not None:
+            budget.apply_(delta, self.eps)
         torch.add(x, delta.unsqueeze(1), out=x_adv).clamp_(0, 1)
         return delta
 
@@ -136,7 +233,7 @@ class FIM(SignAttack):
 
     def _update(self, state, grad, ids):
         x_adv = state.x_adv[ids].add_(grad[ids].mean(dim=1, keepdim=True).sign_(), alpha=self.step)
-        return self._project(x_adv, state.x[ids])
+        return self._project(x_adv, state.x[ids], state.budget)
 
 
 class DFANetMI(SignAttack):
@@ -174,7 +271,7 @@ class DFANetMI(SignAttack):
         g = g.div_(g.abs().mean(dim=dims, keepdim=True).clamp_min(1e-12))
         momentum = state.momentum[ids].mul_(self.decay).add_(g)
         x_adv = state.x_adv[ids].add_(momentum.sign(), alpha=self.step)
-        return self._project(x_adv, state.x[ids])
+        return self._project(x_adv, state.x[ids], state.budget)
 
 
 ATTACKS: dict[str, type[SignAttack]] = {a.name: a for a in (FIM, DFANetMI)}

@@ -10,18 +10,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from opom.attack import AttackState, SignAttack, batch_seed, feature_dropout, uniform_noise
+from opom.attack import AttackState, Budget, SignAttack, batch_seed, feature_dropout, select_dfanet_sites, uniform_noise
 from opom.errors import ConfigError
 from opom.methods import Method
+from opom.transforms import RandomTransforms
+
+ENSEMBLE_WEIGHTINGS = ("distance", "gradient")
 
 
 class MaskCrafter(L.LightningModule):
     """Crafts ``masks`` (I, 3, H, W) — one universal L-inf mask per identity — against frozen surrogate(s).
 
-    ``surrogate`` is one model or a sequence of them (an ensemble). Each surrogate keeps its own features, subspace
-    and loss (its own copy of ``method``); the ascended objective is ``sum_k D_k * loss_k / K``: OPOM's losses are
-    means over the D feature dimensions, so scaling by D makes each model's term its squared feature-space distance
-    and models of 128-d and 1024-d features count alike. For one surrogate the factor changes nothing (sign steps).
+    ``surrogate`` is one model or a sequence of them (an ensemble, an *extension*). Each surrogate keeps its own
+    features, subspace and loss (its own copy of ``method``). ``ensemble`` combines them: ``distance`` ascends
+    ``sum_k D_k * loss_k / K`` — OPOM's losses are means over the D feature dimensions, so scaling by D makes each
+    term its squared feature-space distance and 128-d and 1024-d models count alike; ``gradient`` normalises each
+    model's input gradient (mean absolute value 1 per identity) before summing, so no model's gradient scale
+    dominates. For one surrogate both are the paper's objective (sign steps ignore a positive factor).
+
+    Extensions for masks that must survive photos they never saw (all off by default; see the README):
+    ``transforms`` (:class:`~opom.transforms.RandomTransforms`: input diversity, alignment jitter, JPEG, resize,
+    blur) are drawn anew at every step between the perturbed images and the surrogates; ``budget``
+    (:class:`~opom.attack.Budget`) shapes the L-inf ball (a soft face region, limited colour change);
+    ``init_masks`` (I, 3, H, W) start the attack from given masks instead of noise (per-photo refinement);
+    DFANet's dropout goes where each model declares it, or — for models that declare no sites — to the sites
+    chosen by :func:`~opom.attack.select_dfanet_sites` so that the clean embedding keeps a cosine of at least
+    ``dfanet_min_cosine`` with itself.
 
     One training step is one attack iteration for one batch of identities (see
     :class:`~opom.data.protection.IdentityChunks`); the attack is the optimiser, so optimisation is manual.
@@ -36,8 +50,19 @@ class MaskCrafter(L.LightningModule):
     """
 
     def __init__(self, surrogate: nn.Module | Sequence[nn.Module], method: Method, attack: SignAttack,
-                 num_identities: int, image_size: int = 112, channels_last: bool = False, compile: bool = False):
+                 num_identities: int, image_size: int = 112, channels_last: bool = False, compile: bool = False,
+                 transforms: RandomTransforms | None = None, ensemble: str = "distance", budget: Budget | None = None,
+                 init_masks: torch.Tensor | None = None, dfanet_min_cosine: float = 0.9):
         super().__init__()
+        if ensemble not in ENSEMBLE_WEIGHTINGS:
+            raise ConfigError(f"crafting.ensemble must be one of {', '.join(ENSEMBLE_WEIGHTINGS)}, got {ensemble!r}")
+        if init_masks is not None and tuple(init_masks.shape) != (num_identities, 3, image_size, image_size):
+            raise ConfigError(f"initial masks of shape {tuple(init_masks.shape)} do not fit {num_identities} "
+                              f"identities of {image_size}x{image_size}")
+        self.transforms = transforms if transforms else None
+        self.ensemble, self.budget, self.dfanet_min_cosine = ensemble, budget or Budget(), float(dfanet_min_cosine)
+        self.init_masks = init_masks
+        self._sites: list | None = None  # DFANet's dropout sites, per surrogate (chosen on the first batch)
         if compile and attack.dropout > 0:
             raise ConfigError("crafting.compile=true does not work with DFANet's dropout hooks: use "
                               "crafting.compile=false with attack=dfanet_mi")
@@ -83,12 +108,23 @@ class MaskCrafter(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return [F.normalize(network(x), dim=1).view(b, n, -1) for network in self._networks]
 
-    def _loss(self, adv: list[torch.Tensor], clean: list[torch.Tensor], iteration: int) -> torch.Tensor:
-        """Per-identity objective (B,): one surrogate's loss, or the ensemble's dimension-weighted mean."""
-        if len(adv) == 1:
-            return self._methods[0].loss(adv[0], clean[0], iteration)
-        terms = [m.loss(a, c, iteration) * a.shape[-1] for m, a, c in zip(self._methods, adv, clean, strict=True)]
-        return torch.stack(terms).mean(dim=0)
+    def _loss_and_grad(self, adv: list[torch.Tensor], clean: list[torch.Tensor], iteration: int,
+                       x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-identity objective (B,) and its gradient w.r.t. ``x_adv``: one surrogate's loss, or the ensemble's
+        combination (see the class docstring)."""
+        terms = [m.loss(a, c, iteration) for m, a, c in zip(self._methods, adv, clean, strict=True)]
+        if len(terms) == 1:
+            (grad,) = torch.autograd.grad(terms[0].sum(), x_adv)
+            return terms[0], grad
+        if self.ensemble == "distance":
+            losses = torch.stack([t * a.shape[-1] for t, a in zip(terms, adv, strict=True)]).mean(dim=0)
+            (grad,) = torch.autograd.grad(losses.sum(), x_adv)
+            return losses, grad
+        grad = torch.zeros_like(x_adv)
+        for k, term in enumerate(terms):
+            (g,) = torch.autograd.grad(term.sum(), x_adv, retain_graph=k < len(terms) - 1)
+            grad += g / g.abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-12)
+        return torch.stack(terms).mean(dim=0), grad
 
     def training_step(self, batch: dict, batch_idx: int):
         ids, iteration = batch["ids"], int(batch["iteration"])
@@ -96,20 +132,28 @@ class MaskCrafter(L.LightningModule):
         if not self.method.crafts:  # random noise: one draw per identity, seeded by its index
             shape, seed = tuple(batch["images"].shape[2:]), self.attack.seed * 1_000_003
             noise = torch.stack([uniform_noise(shape, self.attack.eps, seed + int(i)) for i in people])
-            self.masks.data[ids] = noise.to(self.masks)
+            self.masks.data[ids] = self.budget.apply_(noise, self.attack.eps).to(self.masks)
             return None
         if iteration == 0:  # the clean images are converted once per batch and kept in the attack state
-            self._state = self.attack.init_state(batch["images"].to(self.masks.dtype) / 255.0)
-            if self.attack.dropout > 0:  # DFANet's dropout draws depend on this batch only, not on the job
-                torch.manual_seed(batch_seed(self.attack.seed, int(people[0])))
+            init = None if self.init_masks is None else self.init_masks[ids]
+            self._state = self.attack.init_state(batch["images"].to(self.masks.dtype) / 255.0, init, self.budget)
+            seed = batch_seed(self.attack.seed, int(people[0]))  # draws depend on this batch only, not on the job
+            if self.transforms is not None:
+                self.transforms.reseed(seed)
+            if self.attack.dropout > 0:
+                if self._sites is None:
+                    self._sites = [select_dfanet_sites(m, self._state.x[:1].flatten(0, 1), self.attack.dropout,
+                                                       self.dfanet_min_cosine) for m in self.surrogates]
+                torch.manual_seed(seed)
         state = self._state
-        with torch.enable_grad(), feature_dropout(self.surrogates, self.attack.dropout):
+        sites = [site for member in self._sites for site in member] if self._sites else []
+        with torch.enable_grad(), feature_dropout(sites, self.attack.dropout):
             if state.clean_features is None or self.attack.recompute_clean:
                 with torch.no_grad():
                     state.clean_features = self._features(state.x)
             x_adv = state.x_adv.detach().requires_grad_(True)
-            losses = self._loss(self._features(x_adv), state.clean_features, iteration)
-            (grad,) = torch.autograd.grad(losses.sum(), x_adv)
+            seen = x_adv if self.transforms is None else self.transforms(x_adv.flatten(0, 1)).view_as(x_adv)
+            losses, grad = self._loss_and_grad(self._features(seen), state.clean_features, iteration, x_adv)
         with torch.no_grad():
             self.masks.data[ids] = self.attack.update(state, grad)
         self.log("craft/loss", losses.mean(), prog_bar=True, batch_size=len(ids))

@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
+import time
 from functools import partial
 from pathlib import Path
 
@@ -16,6 +19,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from opom.attack import Budget
+from opom.data.alignment import Canvas, face_region
 from opom.data.protection import ProtectionDataModule, ProtectionSet
 from opom.errors import ConfigError, UserError
 from opom.evaluation.callbacks import MaskWriter, TransferEvaluation, WandbReport
@@ -26,7 +31,9 @@ from opom.methods import METHODS
 from opom.models.training import prepare_models
 from opom.models.zoo import ZOO, build_face_model, model_key, preflight
 from opom.module import MaskCrafter
+from opom.refine import RefineSettings, refine
 from opom.shards import Shard, shard_trainer
+from opom.transforms import RandomTransforms
 
 log = logging.getLogger("opom")
 
@@ -150,7 +157,7 @@ def run(cfg: DictConfig) -> dict:
     callbacks += [instantiate(c) for c in (cfg.get("extra_callbacks") or {}).values()]
 
     module = MaskCrafter(surrogates, method, attack, protection.num_identities, protection.image_size,
-                         **(cfg.get("crafting") or {}))
+                         **crafter_options(cfg, protection.canvas, attack.seed))
     iterations = attack.iterations if method.crafts else 1
     datamodule = ProtectionDataModule(protection, cfg.identities_per_batch, iterations, shard_info["start"])
     trainer = L.Trainer(**shard_trainer(cfg.trainer, shard), max_epochs=1, logger=logger, callbacks=callbacks,
@@ -168,6 +175,33 @@ def run(cfg: DictConfig) -> dict:
     return evaluation.results
 
 
+def crafter_options(cfg: DictConfig, canvas: Canvas, seed: int) -> dict:
+    """MaskCrafter's keyword options from ``crafting`` (speed options and the transfer extensions)."""
+    c = OmegaConf.to_container(cfg.get("crafting") or OmegaConf.create({}), resolve=True)
+    region = c.pop("region", "full")
+    if region not in ("full", "face"):
+        raise ConfigError(f"crafting.region must be full or face, got {region!r}")
+    budget = Budget(torch.from_numpy(face_region(canvas)) if region == "face" else None, float(c.pop("chroma", 1.0)))
+    names, params = c.pop("transforms", []) or [], c.pop("transform_params", {}) or {}
+    transforms = RandomTransforms({n: params.get(n, {}) for n in names}, p=float(c.pop("transform_p", 0.5)),
+                                  seed=seed, pixels_per_canonical=canvas.scale)
+    return {**c, "transforms": transforms, "budget": budget}
+
+
+def options_label(cfg: DictConfig) -> str:
+    """The transfer extensions a job uses, in a few words ('' for the paper's crafting)."""
+    c, parts = cfg.get("crafting") or {}, []
+    if c.get("ensemble", "distance") != "distance":
+        parts.append(f"ensemble={c.ensemble}")
+    if c.get("transforms"):
+        parts.append("+".join(c.transforms))
+    if c.get("region", "full") != "full":
+        parts.append(f"region={c.region}")
+    if c.get("chroma", 1.0) != 1.0:
+        parts.append(f"chroma={c.chroma:g}")
+    return ", ".join(parts)
+
+
 def run_holdout(cfg: DictConfig, dataset, method, attack, sur_specs: dict, panel_specs: dict) -> dict:
     """The main job on a held-out-photo benchmark (``dataset=real_photos``): one mask per fold (a person's
     enrolment photos), judged on the fold's held-out photo by the surrogates and the panel at their own thresholds
@@ -181,20 +215,34 @@ def run_holdout(cfg: DictConfig, dataset, method, attack, sur_specs: dict, panel
     surrogates = build_surrogates(builders)
     families = {spec["name"]: ZOO[spec["arch"]].family for spec in [*sur_specs.values(), *panel_specs.values()]}
     run_info = {"method": method.name, "attack": attack.name, "surrogate": surrogate_name(sur_specs),
-                "eps": attack.eps_levels, "dataset": type(dataset).__name__, "canvas": data.canvas.to_dict(),
-                "config": plain_config(cfg)}
+                "eps": attack.eps_levels, "options": options_label(cfg), "dataset": type(dataset).__name__,
+                "canvas": data.canvas.to_dict(), "config": plain_config(cfg)}
     evaluation = HoldoutEvaluation(panel, families, out, run_info)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    module = MaskCrafter(surrogates, method, attack, data.num_identities, data.image_size,
-                         **(cfg.get("crafting") or {}))
+    options = crafter_options(cfg, data.canvas, attack.seed)
+    module = MaskCrafter(surrogates, method, attack, data.num_identities, data.image_size, **options)
     iterations = attack.iterations if method.crafts else 1
-    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), max_epochs=1, logger=logger,
-                        callbacks=[MaskWriter(out, run_info), evaluation], enable_checkpointing=False)
-    log.info("crafting %d held-out-photo masks (%s photos): %s, %s, surrogates %s -> %s", data.num_identities,
-             len(data.faces), method, attack, run_info["surrogate"], out)
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = L.Trainer(**trainer_kwargs, max_epochs=1, logger=logger, enable_checkpointing=False,
+                        callbacks=[MaskWriter(out, run_info), evaluation])
+    log.info("crafting %d held-out-photo masks (%s photos): %s, %s, surrogates %s%s -> %s", data.num_identities,
+             len(data.faces), method, attack, run_info["surrogate"],
+             f" ({run_info['options']})" if run_info["options"] else "", out)
     trainer.fit(module, datamodule=ProtectionDataModule(data, cfg.identities_per_batch, iterations))
     if isinstance(logger, WandbLogger):
         logger.experiment.finish()
+    settings = RefineSettings(**OmegaConf.to_container(cfg.get("refine") or OmegaConf.create({}), resolve=True))
+    if settings.steps > 0:
+        def make_crafter(refine_attack, n, init):
+            return MaskCrafter(surrogates, copy.deepcopy(method), refine_attack, n, data.image_size,
+                               **{**options, "init_masks": init})
+
+        start = time.perf_counter()
+        references = [data.images[list(f.enrol)] for f in data.folds]
+        refined, eps_used = refine(make_crafter, surrogates, data.probes, module.masks.detach().cpu(), references,
+                                   settings, attack.eps_levels, data.canvas.face_box(), trainer_kwargs)
+        evaluation.evaluate_refined({m.name: m for m in surrogates}, data, refined, eps_used,
+                                    time.perf_counter() - start, dataclasses.asdict(settings))
     return evaluation.results
 
 

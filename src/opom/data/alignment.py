@@ -102,6 +102,24 @@ class Canvas:
         return next((n for n, c in CANVASES.items() if c == self), f"canvas_m{self.margin}_s{self.scale}")
 
 
+# the face region in the canonical frame: an ellipse around the 5-point template (eyes at y 51.6, mouth at 92.3,
+# inter-ocular distance 35.2): from the forehead (~1 eye distance above the eyes) to the chin (~0.7 below the
+# mouth), cheek to cheek; its edge fades out over FACE_FEATHER canonical pixels
+FACE_ELLIPSE = (56.0, 64.0, 42.0, 54.0)  # centre x, y, semi-axes x, y
+FACE_FEATHER = 6.0
+
+
+def face_region(canvas: Canvas) -> np.ndarray:
+    """A soft face-shaped region (size, size) in [0, 1] on ``canvas``: 1 on the face, fading to 0 over a few pixels
+    at its edge, 0 on hair, neck and background. All faces are aligned to one template, so one region fits all."""
+    cx, cy, ax, ay = FACE_ELLIPSE
+    coords = (np.arange(canvas.size) + 0.5) / canvas.scale - canvas.margin - 0.5  # canvas pixel -> canonical
+    x, y = np.meshgrid(coords, coords)
+    r = np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)
+    distance = (r - 1) * min(ax, ay)  # ~ canonical px outside the ellipse (negative inside)
+    return np.clip(0.5 - distance / FACE_FEATHER, 0.0, 1.0).astype(np.float32)
+
+
 CANVASES: dict[str, Canvas] = {"arcface_112": Canvas(), "canvas224": Canvas(56, 1), "canvas448": Canvas(56, 2)}
 
 

@@ -96,8 +96,7 @@ class HoldoutEvaluation(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
 
-    def evaluate(self, surrogates: dict[str, nn.Module], data: HoldoutSet, masks: torch.Tensor) -> dict:
-        crafting_s = time.perf_counter() - self._start
+    def _models(self, surrogates: dict[str, nn.Module], data: HoldoutSet, masks: torch.Tensor) -> dict:
         used = {self.families[name] for name in surrogates}
         models = {}
         for name, build in {**{n: (lambda m=m: m) for n, m in surrogates.items()}, **self.panel}.items():
@@ -105,17 +104,37 @@ class HoldoutEvaluation(L.Callback):
             family = self.families[name]
             models[name] = {"family": family, "whitebox": name in surrogates, "held_out": family not in used,
                             **evaluate_holdout(model, data, masks)}
+        return models
+
+    def evaluate(self, surrogates: dict[str, nn.Module], data: HoldoutSet, masks: torch.Tensor) -> dict:
+        """The universal masks (one per fold, crafted on the enrolment photos) on the held-out photos."""
+        crafting_s = time.perf_counter() - self._start
         info = {k: v for k, v in self.run_info.items() if k != "config"}
-        self.results = {**info, "protocol": "holdout", "surrogate_families": sorted(used),
+        self.results = {**info, "protocol": "holdout",
+                        "surrogate_families": sorted({self.families[name] for name in surrogates}),
                         "photos": len(data.faces), "folds": len(data.folds),
                         "seconds_per_fold": round(crafting_s / max(len(data.folds), 1), 2),
-                        "models": models, "image_quality": holdout_quality(data, masks)}
+                        "models": self._models(surrogates, data, masks), "image_quality": holdout_quality(data, masks)}
+        self._write("universal masks", self.results)
+        return self.results
+
+    def evaluate_refined(self, surrogates: dict[str, nn.Module], data: HoldoutSet, masks: torch.Tensor,
+                         eps_used: torch.Tensor, seconds: float, settings: dict) -> dict:
+        """The same masks refined on each held-out photo (:mod:`opom.refine`), added as ``results["refined"]``."""
+        refined = {"settings": settings, "eps_used_mean": round(float(eps_used.mean()), 3),
+                   "eps_used": [round(float(e), 3) for e in eps_used],
+                   "seconds_per_photo": round(seconds / max(len(data.folds), 1), 2),
+                   "models": self._models(surrogates, data, masks), "image_quality": holdout_quality(data, masks)}
+        self.results["refined"] = refined
+        self._write("refined on each held-out photo", {**self.results, **refined})
+        return self.results
+
+    def _write(self, what: str, shown: dict) -> None:
         from opom.evaluation.callbacks import write_json_atomic
 
         write_json_atomic(self.output_dir / "results.json", self.results)
-        log.info("held-out photos (%s, %s, surrogates %s, eps %g):\n%s", info["method"], info["attack"],
-                 info["surrogate"], info["eps"], format_holdout(self.results))
-        return self.results
+        log.info("held-out photos, %s (%s, %s, surrogates %s, eps %g):\n%s", what, shown["method"], shown["attack"],
+                 shown["surrogate"], shown["eps"], format_holdout(shown))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         surrogates = {model.name: model for model in pl_module.surrogates}
@@ -136,9 +155,9 @@ def format_holdout(results: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------- the sweep's matrix
-MATRIX_COLUMNS = ["surrogates", "target", "target_family", "held_out", "whitebox", "method", "attack", "eps",
-                  "photos", "protected_rate", "rank1_protected_rate", "clean_match_rate", "clean_rank1", "psnr_db",
-                  "ssim", "face_psnr_db", "face_ssim", "seconds_per_fold", "job"]
+MATRIX_COLUMNS = ["surrogates", "target", "target_family", "held_out", "whitebox", "mask", "options", "method",
+                  "attack", "eps", "photos", "protected_rate", "rank1_protected_rate", "clean_match_rate",
+                  "clean_rank1", "psnr_db", "ssim", "face_psnr_db", "face_ssim", "seconds_per_fold", "eps_used", "job"]
 
 
 def transfer_rows(sweep_dir: Path) -> list[dict]:
@@ -148,27 +167,34 @@ def transfer_rows(sweep_dir: Path) -> list[dict]:
         res = json.loads(path.read_text())
         if res.get("protocol") != "holdout":
             continue
-        for target, r in res["models"].items():
-            rows.append({"surrogates": res["surrogate"], "target": target, "target_family": r["family"],
-                         "held_out": r["held_out"], "whitebox": r["whitebox"], "method": res["method"],
-                         "attack": res["attack"], "eps": res["eps"], "photos": res["folds"],
-                         **{k: r[k] for k in ("protected_rate", "rank1_protected_rate", "clean_match_rate",
-                                              "clean_rank1")},
-                         **res["image_quality"], "seconds_per_fold": res["seconds_per_fold"],
-                         "job": str(path.parent.relative_to(sweep_dir))})
+        variants = [("universal", res, res["eps"], res["seconds_per_fold"])]
+        if res.get("refined"):
+            r = res["refined"]
+            variants.append(("refined", r, r["eps_used_mean"], res["seconds_per_fold"] + r["seconds_per_photo"]))
+        for mask, part, eps_used, seconds in variants:
+            for target, r in part["models"].items():
+                rows.append({"surrogates": res["surrogate"], "target": target, "target_family": r["family"],
+                             "held_out": r["held_out"], "whitebox": r["whitebox"], "mask": mask,
+                             "options": res.get("options", ""), "method": res["method"], "attack": res["attack"],
+                             "eps": res["eps"], "photos": res["folds"],
+                             **{k: r[k] for k in ("protected_rate", "rank1_protected_rate", "clean_match_rate",
+                                                  "clean_rank1")},
+                             **part["image_quality"], "seconds_per_fold": seconds, "eps_used": eps_used,
+                             "job": str(path.parent.relative_to(sweep_dir))})
     return rows
 
 
 def matrix_markdown(rows: list[dict]) -> str:
     """Held-out families only: for each target, the protection when its whole family was left out of crafting."""
     held = [r for r in rows if r["held_out"]]
-    lines = ["| target | family | surrogates (crafted with) | eps | held-out photos | clean match | protected "
-             "(threshold) | clean rank-1 | protected (rank-1) | face PSNR dB | face SSIM |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(held, key=lambda r: (r["eps"], r["target_family"], r["target"])):
-        lines.append(f"| {r['target']} | {r['target_family']} | {r['surrogates']} | {r['eps']:g} | {r['photos']} | "
-                     f"{r['clean_match_rate']:.2f} | {r['protected_rate']:.2f} | {r['clean_rank1']:.2f} | "
-                     f"{r['rank1_protected_rate']:.2f} | {r['face_psnr_db']:.1f} | {r['face_ssim']:.3f} |")
+    lines = ["| target | family | surrogates (crafted with) | options | mask | eps | held-out photos | clean match | "
+             "protected (threshold) | clean rank-1 | protected (rank-1) | face PSNR dB | face SSIM |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(held, key=lambda r: (r["options"], r["mask"], r["eps"], r["target_family"], r["target"])):
+        lines.append(f"| {r['target']} | {r['target_family']} | {r['surrogates']} | {r['options'] or 'paper'} | "
+                     f"{r['mask']} | {r['eps_used']:g} | {r['photos']} | {r['clean_match_rate']:.2f} | "
+                     f"{r['protected_rate']:.2f} | {r['clean_rank1']:.2f} | {r['rank1_protected_rate']:.2f} | "
+                     f"{r['face_psnr_db']:.1f} | {r['face_ssim']:.3f} |")
     return "\n".join(lines)
 
 

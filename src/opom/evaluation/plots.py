@@ -133,16 +133,20 @@ def transfer_heatmap(rows: list[dict], path: Path) -> Path:
     plt = _pyplot()
     from matplotlib.patches import Rectangle
 
-    panels = sorted({(r["method"], r["attack"], r["eps"]) for r in rows}, key=lambda p: (p[2], p[0], p[1]))
+    def panel_of(r):
+        return r["method"], r["attack"], r["eps"], r.get("options", ""), r.get("mask", "universal")
+
+    panels = sorted({panel_of(r) for r in rows}, key=lambda p: (p[3], p[4], p[2], p[0], p[1]))
     targets = list(dict.fromkeys(r["target"] for r in rows))
     sets = list(dict.fromkeys(r["surrogates"] for r in rows))
     fig, axes = plt.subplots(1, len(panels), figsize=(1.1 * len(targets) * len(panels) + 3.5, 0.6 * len(sets) + 2.2),
                              squeeze=False)
-    for ax, (method, attack, eps) in zip(axes[0], panels, strict=True):
+    for ax, panel in zip(axes[0], panels, strict=True):
+        method, attack, eps, options, mask = panel
         grid = np.full((len(sets), len(targets)), np.nan)
         seen = np.zeros_like(grid, dtype=bool)
         for r in rows:
-            if (r["method"], r["attack"], r["eps"]) == (method, attack, eps):
+            if panel_of(r) == panel:
                 i, j = sets.index(r["surrogates"]), targets.index(r["target"])
                 grid[i, j], seen[i, j] = r["protected_rate"], not r["held_out"]
         ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
@@ -156,7 +160,8 @@ def transfer_heatmap(rows: list[dict], path: Path) -> Path:
                 ax.text(j, i, label, ha="center", va="center", fontsize=8)
         ax.set_xticks(range(len(targets)), targets, rotation=35, ha="right")
         ax.set_yticks(range(len(sets)), [s.replace("+", " + ") for s in sets], fontsize=8)
-        ax.set_title(f"{method} / {attack} / eps {eps:g}", fontsize=9)
+        extra = f"\n{options or 'paper'}, {mask} mask" if (options or mask != "universal") else ""
+        ax.set_title(f"{method} / {attack} / eps {eps:g}{extra}", fontsize=9)
         ax.set_xlabel("target model (judged at its own threshold)")
     axes[0][0].set_ylabel("crafted with")
     fig.suptitle("Held-out photos protected (share of photos the target no longer matches)", fontsize=10)

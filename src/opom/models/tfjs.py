@@ -165,8 +165,9 @@ class GraphModel(nn.Module):
             raise TfjsError(f"{source}: expected one input Placeholder on the way to {self.outputs}, "
                             f"found {placeholders}")
         self.input_name = placeholders[0]
-        self._steps: list[tuple[str, Callable, list[str]]] = []
+        self._steps: list[tuple[str, Callable, list[str], str | None]] = []
         self._consts: dict[str, str] = {}
+        self.sites = nn.ModuleDict()  # an identity after every convolution: where hooks (DFANet's dropout) attach
         for name in order:
             node = nodes[name]
             op = node["op"]
@@ -183,7 +184,15 @@ class GraphModel(nn.Module):
                 raise TfjsError(f"{source}: unsupported TFJS op {op!r} (node {name!r}); supported: "
                                 f"{', '.join(sorted(_OPS))}")
             inputs = [i.split(":")[0].lstrip("^") for i in node.get("input", []) if not i.startswith("^")]
-            self._steps.append((name, _OPS[op](node), inputs))
+            site = None
+            if op in _CONVS:
+                site = f"conv{len(self.sites)}"
+                self.sites[site] = nn.Identity()
+            self._steps.append((name, _OPS[op](node), inputs, site))
+
+    def conv_sites(self) -> list[nn.Module]:
+        """The outputs of the graph's convolutions, in order (identity modules to hook)."""
+        return list(self.sites.values())
 
     def _schedule(self, nodes: dict) -> tuple[list[str], list[str]]:
         order, seen, placeholders = [], set(), []
@@ -211,8 +220,9 @@ class GraphModel(nn.Module):
         values: dict[str, _T] = {self.input_name: _T(x, nchw=True)}
         for name, buffer in self._consts.items():
             values[name] = _T(getattr(self, buffer))
-        for name, fn, inputs in self._steps:
-            values[name] = fn(*[values[i] for i in inputs])
+        for name, fn, inputs, site in self._steps:
+            out = fn(*[values[i] for i in inputs])
+            values[name] = out if site is None else _T(self.sites[site](out.x), out.nchw)
         outs = tuple(values[o].tf() for o in self.outputs)
         return outs[0] if len(outs) == 1 else outs
 
@@ -430,6 +440,9 @@ _OPS: dict[str, Callable[[dict], Callable]] = {
     "MaxPool": _pool("max"), "AvgPool": _pool("avg"),
     "ConcatV2": _concat, "Softmax": _softmax, "Identity": _identity,
 }
+
+
+_CONVS = {"Conv2D", "_FusedConv2D", "DepthwiseConv2dNative", "FusedDepthwiseConv2dNative"}
 
 
 def load_graph_model(path: str | Path, outputs: list[str]) -> GraphModel:
