@@ -41,7 +41,8 @@ def _check_model_spec(spec):
         assert spec.embedding_size == 512 and spec.checkpoint.endswith(".safetensors")
 
 
-CASES = [(g, o) for g in ("method", "attack", "dataset", "surrogate", "blackbox", "logger", "fr_train", "experiment")
+CASES = [(g, o) for g in ("method", "attack", "dataset", "surrogate", "blackbox", "logger", "fr_train", "transfer",
+                          "experiment")
          for o in _options(g)]
 
 
