@@ -61,7 +61,7 @@ test-assets: $(VENV)/.base $(PHOTOS)/.done $(MODELS)/.done $(TFJS_REF)/.done ## 
 test-all: $(VENV)/.dev $(PHOTOS)/.done $(MODELS)/.done $(TFJS_REF)/.done ## run every test tier that this machine can run (adds the slow tier)
 	$(PY) -m pytest -q -m "not gpu"
 
-bench: $(VENV)/.dev ## run the benchmarks (BENCH_FLAGS=--quick: shorter); experiments/benchmarks/report.md collects them
+bench: $(VENV)/.dev $(PHOTOS)/.done $(MODELS)/.done ## run the benchmarks (BENCH_FLAGS=--quick: shorter); experiments/benchmarks/report.md collects them
 	$(PY) experiments/benchmarks/bench_zoo.py --out experiments/benchmarks/zoo_throughput.md
 	$(PY) experiments/benchmarks/bench_prepare.py --out experiments/benchmarks/prepare_throughput.md
 	$(PY) experiments/benchmarks/bench_cloak.py --out experiments/benchmarks/cloak_throughput.md
@@ -71,6 +71,7 @@ bench: $(VENV)/.dev ## run the benchmarks (BENCH_FLAGS=--quick: shorter); experi
 	$(PY) experiments/benchmarks/bench_crafting_options.py $(BENCH_FLAGS)
 	$(PY) experiments/benchmarks/bench_batching.py $(BENCH_FLAGS)
 	$(PY) experiments/benchmarks/bench_memory.py $(BENCH_FLAGS)
+	$(PY) experiments/benchmarks/bench_transfer.py $(BENCH_FLAGS)
 	$(PY) experiments/benchmarks/collect_report.py
 
 lint: $(VENV)/.dev ## ruff
