@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from opom.data.inputs import load_image, open_image
+from opom.data.inputs import load_image, open_image, quiet_pillow
 from opom.data.photos import PhotoError
 
 FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "MPO", "BMP")
@@ -204,9 +204,13 @@ def _decode_16bit_png(data: bytes, name: str) -> np.ndarray:
 
 def load_stored(path: str | Path) -> StoredPhoto:
     """Read a photo's stored pixels and metadata (read-only). Raises :class:`PhotoError` for unusable files."""
+    with quiet_pillow():
+        return _load_stored(Path(path))
+
+
+def _load_stored(path: Path) -> StoredPhoto:
     from opom.data.inputs import sixteen_bit_colour
 
-    path = Path(path)
     data = _read_bytes(path)
     img = open_image(data, str(path))  # the input policy: refuses what cannot be written back faithfully
     try:

@@ -85,17 +85,27 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
+def link_reason(path: Path, root: Path) -> str | None:
+    """Why a link met while walking ``root`` (resolved) is not followed, or None (not a link, or a link to a file
+    inside ``root``). Never reads the target."""
+    if not path.is_symlink():
+        return None
+    if not _inside(path, root):
+        return "a link to outside the input folder (not followed)"
+    if path.is_dir():
+        return "a link to a folder (not followed; its files are reached directly)"
+    if not path.exists():
+        return "a broken link"
+    return None
+
+
 def classify_entry(path: Path, root: Path) -> Skipped | None:
     """Why a path met while walking ``root`` (resolved) is skipped, or None. Never reads a link's target."""
+    why = link_reason(path, root)
+    if why is not None:
+        return Skipped(str(path), "ignored", why)
     if path.name.startswith("."):
         return Skipped(str(path), "ignored", "hidden (its name starts with '.')")
-    if path.is_symlink():
-        if not _inside(path, root):
-            return Skipped(str(path), "ignored", "a link to outside the input folder (not followed)")
-        if path.is_dir():
-            return Skipped(str(path), "ignored", "a link to a folder (not followed; its files are reached directly)")
-        if not path.exists():
-            return Skipped(str(path), "ignored", "a broken link")
     return None
 
 
@@ -207,6 +217,15 @@ def too_large_reason(width: int, height: int, limit: int | None = None) -> str:
 
 
 @contextlib.contextmanager
+def quiet_pillow():
+    """Pillow's warnings (corrupt EXIF, truncated reads) go to the outcome and its reason, not to stderr."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+        warnings.filterwarnings("ignore", message=".*(EXIF|Exif|exif|Truncated|truncated).*")
+        yield
+
+
+@contextlib.contextmanager
 def _pillow_size_check_off():
     """Pillow's own limit warns or raises with a message naming a Python setting; this module checks instead."""
     from PIL import Image
@@ -214,7 +233,7 @@ def _pillow_size_check_off():
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_pillow():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             yield
     finally:

@@ -111,12 +111,13 @@ def read_photo(path: str | Path, icc: bool = True, policy: bool = False) -> tupl
 def read_photo_bytes(data: bytes, name: str = "<bytes>", icc: bool = True, policy: bool = False
                      ) -> tuple[np.ndarray, PhotoInfo]:
     """:func:`read_photo` for the encoded bytes of a file (``name`` is used in messages)."""
-    from opom.data.inputs import open_image
+    from opom.data.inputs import open_image, quiet_pillow
 
     img = open_image(data, name, policy=policy)
     sniffed = sniff_format(data)
     try:
-        return _decode(img, name, icc)
+        with quiet_pillow():
+            return _decode(img, name, icc)
     except PhotoError:
         raise
     except MemoryError as err:
