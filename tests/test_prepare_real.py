@@ -5,9 +5,9 @@ t1.jpg (a group photo, 6 faces) and Tom_Hanks_54745.png (an aligned 112x112 crop
 
 Landmark check, for each detector: it re-detects the 5 points on each aligned crop it made (upsampled 2x and padded,
 since detectors are unsteady on a face that fills the whole image), and the MEAN over the 5 points of the distance
-to where the alignment put them must be < 2 px. The distance to the template itself cannot be that small: a least-squares similarity cannot
-make a face's own geometry (a wide smile, a turned head) equal the average template; these photos keep a residual of
-2-5 px mean. So the test also checks that the crop adds at most 1 px to that residual.
+to where the alignment put them must be < 2 px. The distance to the template itself cannot be that small: a
+least-squares similarity cannot make a face's own geometry (a wide smile, a turned head) equal the average template;
+these photos keep a residual of 2-5 px mean. So the test also checks that the crop adds at most 1 px to that residual.
 """
 
 from __future__ import annotations

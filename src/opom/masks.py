@@ -79,8 +79,8 @@ def load_masks(path: str | Path, framework: str = "pt") -> MaskSet:
                             f"(format {meta.get('format')!r}, expected {FORMAT!r})")
         masks = f.get_tensor("masks")
         luminance = f.get_tensor("luminance") if "luminance" in f.keys() else None
-    return MaskSet(masks=masks, luminance=luminance, identities=json.loads(meta["identities"]), surrogate=meta["surrogate"],
-                   method=meta["method"], attack=meta["attack"], eps=float(meta["eps"]),
+    return MaskSet(masks=masks, luminance=luminance, identities=json.loads(meta["identities"]),
+                   surrogate=meta["surrogate"], method=meta["method"], attack=meta["attack"], eps=float(meta["eps"]),
                    image_size=int(meta["image_size"]), template=meta["template"],
                    template_points=tuple(tuple(p) for p in json.loads(meta["template_points"])),
                    version=meta["version"], extra=json.loads(meta.get("extra", "{}")))

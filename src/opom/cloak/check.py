@@ -1,13 +1,13 @@
 """``check``: "am I protected?" — clean and protected photos against a local panel of face-recognition models.
 
-Every photo's largest face is detected (YuNet by default), aligned to the canonical 112x112 template and embedded by each
-panel model. A protected photo is compared with the clean reference photos (the enrolment photos, or the clean
+Every photo's largest face is detected (YuNet by default), aligned to the canonical 112x112 template and embedded by
+each panel model. A protected photo is compared with the clean reference photos (the enrolment photos, or the clean
 originals), leaving out its own clean original when that is known and other references remain — a recogniser
 matches a new photo against photos it already has. The best score over the references decides, at the model's
 own threshold (SFace: cosine >= 0.363; dlib: L2 distance < 0.6): "NOT protected" if the model still verifies the
 person, "protected" otherwise. For comparison, the clean original of each protected photo (when known) is scored
-the same way. Nothing leaves the machine; the panel is local (default: sface, and dlib when installed). The photos are read and their faces found
-before the panel's models are loaded, each model once.
+the same way. Nothing leaves the machine; the panel is local (default: sface, and dlib when installed). The photos
+are read and their faces found before the panel's models are loaded, each model once.
 """
 
 from __future__ import annotations
@@ -58,6 +58,30 @@ class PanelModel:
         return f"cos >= {self.threshold:.3f}" if self.metric == "cosine" else f"L2 < {self.threshold:.3f}"
 
 
+def validate_panel(names, weights: dict[str, str] | None = None) -> None:
+    """Fail early (before any photo is read) on unknown models and missing or misplaced weights, with the fix in
+    the command line's own syntax (``--weights NAME=PATH``)."""
+    from opom.data.inputs import check_input_file
+
+    weights = dict(weights or {})
+    for name, path in weights.items():
+        if name not in names:
+            raise UserError(f"--weights {name}=...: {name!r} is not in the panel ({', '.join(names)}); add it with "
+                            f"--panel {','.join([*names, name])}")
+        check_input_file(path, f"weights of panel model {name!r}", f"give the weights file: --weights {name}=PATH")
+    others = [n for n in names if n != "sface" or weights.get(n)]
+    if not others:
+        return
+    from opom.models.zoo import ZOO  # imports torch: only for models other than the bundled SFace
+
+    for name in others:
+        if name not in ZOO:
+            raise UserError(f"unknown panel model {name!r}; the zoo has {', '.join(sorted(ZOO))}")
+        if ZOO[name].needs_checkpoint and not weights.get(name):
+            raise UserError(f"panel model {name!r} needs weights: give them with --weights {name}=PATH "
+                            f"({ZOO[name].weights})")
+
+
 def build_panel(names=DEFAULT_PANEL, weights: dict[str, str] | None = None,
                 thresholds: dict[str, float] | None = None, notes: list[str] | None = None) -> list[PanelModel]:
     """Zoo models by arch name; a model whose extra is not installed is skipped (noted) unless it is the only one.
@@ -65,15 +89,10 @@ def build_panel(names=DEFAULT_PANEL, weights: dict[str, str] | None = None,
     The bundled SFace (no ``weights``) runs through OpenCV, without torch (:class:`~opom.cloak.faces.SFaceRunner`).
     """
     from opom.cloak.faces import SFaceRunner
-    from opom.data.inputs import check_input_file
     from opom.models.extras import MissingExtraError
 
     weights, thresholds = dict(weights or {}), dict(thresholds or {})
-    for name, path in weights.items():
-        if name not in names:
-            raise UserError(f"--weights {name}=...: {name!r} is not in the panel ({', '.join(names)}); add it with "
-                            f"--panel {','.join([*names, name])}")
-        check_input_file(path, f"weights of panel model {name!r}", f"give the weights file: --weights {name}=PATH")
+    validate_panel(names, weights)
     panel, missing = [], []
     for name in names:
         if name == "sface" and not weights.get(name):
@@ -82,13 +101,8 @@ def build_panel(names=DEFAULT_PANEL, weights: dict[str, str] | None = None,
             except MissingExtraError as err:
                 missing.append(f"{name} skipped: {err}")
             continue
-        from opom.models.zoo import ZOO, build_face_model
+        from opom.models.zoo import build_face_model
 
-        if name not in ZOO:
-            raise UserError(f"unknown panel model {name!r}; the zoo has {', '.join(sorted(ZOO))}")
-        if ZOO[name].needs_checkpoint and not weights.get(name):
-            raise UserError(f"panel model {name!r} needs weights: give them with --weights {name}=PATH "
-                            f"({ZOO[name].weights})")
         try:
             model = build_face_model({"name": name, "arch": name, "checkpoint": weights.get(name)})
         except MissingExtraError as err:
@@ -184,6 +198,8 @@ def check(references: list[str | Path], protected: list[str | Path] | None = Non
         pairs += [(Path(o) if o else None, Path(p)) for o, p in zip(originals, protected, strict=True)]
     if not pairs:
         raise UserError("nothing to check: give protected photos (--protected) or a protect report (--report)")
+    if panel is None:
+        validate_panel(panel_names, weights)
     if references:
         found, skipped = walk(list(references), command="check")
         ref_files = [f.path for f in found]

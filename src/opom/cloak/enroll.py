@@ -27,6 +27,7 @@ The mask file (:func:`opom.masks.save_masks`) also carries, in ``extra``:
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from opom.data.inputs import check_input_file, check_output_folder, set_max_pixe
 from opom.data.photos import PhotoError, read_photo
 from opom.errors import UserError
 
+log = logging.getLogger("opom")
 TEMPLATE = "arcface_112"  # zoo models take canonical 112x112 crops
 LUMA = (0.299, 0.587, 0.114)  # BT.601, as opom.cloak.blend
 
@@ -124,8 +126,8 @@ class EnrollResult:
             lines.append(f"  preview: {self.preview}")
         lines += [f"  warning: {name} {why}" for name, why in self.outliers.items()]
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
-        if self.failed:
-            lines.append(f"  {'warning' if self.written else 'error'}: {self.failed}")
+        if self.failed and self.written:
+            lines.append(f"  warning (--force): {self.failed}")
         return "\n".join(lines)
 
 
@@ -167,15 +169,22 @@ def aligned_faces(files: list[Path], detector=None, settings: DetectSettings = D
     return crops, used, skipped
 
 
-def build_surrogate(settings: EnrollSettings):
-    """The zoo model named by ``settings.surrogate`` (with ``weights``); refuses black boxes."""
-    from opom.models.zoo import ZOO, build_face_model
+def preflight_surrogate(settings: EnrollSettings) -> None:
+    """An unknown surrogate, or one without the weights it needs, as one line in the command line's syntax."""
+    from opom.models.zoo import ZOO  # imports torch
 
     if settings.surrogate not in ZOO:
         raise UserError(f"unknown surrogate {settings.surrogate!r}; the zoo has {', '.join(sorted(ZOO))}")
     if ZOO[settings.surrogate].needs_checkpoint and not settings.weights:
         raise UserError(f"surrogate {settings.surrogate!r} needs weights: give them with --weights PATH "
                         f"({ZOO[settings.surrogate].weights})")
+
+
+def build_surrogate(settings: EnrollSettings):
+    """The zoo model named by ``settings.surrogate`` (with ``weights``); refuses black boxes."""
+    from opom.models.zoo import build_face_model
+
+    preflight_surrogate(settings)
     spec = {"name": settings.surrogate, "arch": settings.surrogate, "checkpoint": settings.weights}
     model = build_face_model(spec)
     if not getattr(model, "differentiable", True):
@@ -291,9 +300,17 @@ def _check_failure(check: dict, what: str) -> str | None:
     still = [v for v in per if v >= thr]
     if not still:
         return None
-    return (f"the {what} does not fool its own surrogate: {len(still)} of {len(per)} masked enrolment photo(s) still "
-            f"match (worst {max(still):.3f} >= threshold {thr:.3f}); use more --iterations or a larger --eps, or "
-            "--force to keep it anyway")
+    return f"{what}: {len(still)} of {len(per)} masked photo(s) still match (worst {max(still):.3f} >= {thr:.3f})"
+
+
+FAILED_FIX = "use more --iterations or a larger --eps, or --force to keep the mask anyway"
+
+
+def default_name(inputs: list[str | Path], out: Path) -> str:
+    """The person's name when none is given: the folder's name when one folder is given, else the mask file's name
+    (``me.safetensors`` -> ``me``)."""
+    first = Path(inputs[0]).expanduser().resolve()
+    return first.name if len(inputs) == 1 and first.is_dir() else Path(out).name.split(".")[0]
 
 
 def enroll(inputs: list[str | Path] | str | Path, out: str | Path, name: str | None = None,
@@ -320,14 +337,14 @@ def enroll(inputs: list[str | Path] | str | Path, out: str | Path, name: str | N
     if out.exists() and not overwrite:
         raise UserError(f"{str(out)!r} exists; choose another --out or pass --overwrite to replace it")
     check_output_folder(out.parent, "folder of the mask file")
+    if settings.surrogate != "sface" or settings.weights:  # other surrogates: check them before any photo is read
+        preflight_surrogate(settings)
     walk_skipped: dict[str, str] = {}
     files = collect_photos(list(inputs), walk_skipped)
     if not files:
         why = "; ".join(f"{k}: {v}" for k, v in list(walk_skipped.items())[:5])
         raise UserError(f"no photos in {', '.join(map(str, inputs))}" + (f" ({why})" if why else ""))
-    if name is None:
-        first = Path(inputs[0]).expanduser().resolve()
-        name = first.name if len(inputs) == 1 and first.is_dir() else out.name.split(".")[0]
+    name = default_name(inputs, out) if name is None else name
     start = time.perf_counter()
     if detector is None:
         detector = settings.detect.build()
@@ -350,13 +367,12 @@ def enroll(inputs: list[str | Path] | str | Path, out: str | Path, name: str | N
     images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
     clean = embed(surrogate, images)
     outliers = find_outliers(clean.numpy(), used, threshold)
-    if outliers and not quiet:
-        for path, why in outliers.items():
-            print(f"warning: {path} {why}")
+    for path, why in outliers.items():  # now, before the crafting: the user may stop and remove the photo
+        log.warning(f"warning: {path} {why}")
     centre = F.normalize(clean.mean(0), dim=0)
     mask = craft_mask(images, surrogate, settings, progress)
     check = whitebox_check(surrogate, images, mask, threshold)
-    failures = [_check_failure(check, "mask")]
+    failures = [_check_failure(check, "colour mask")]
     luminance = None
     if settings.luminance:
         grey = to_grey(images)
@@ -366,6 +382,8 @@ def enroll(inputs: list[str | Path] | str | Path, out: str | Path, name: str | N
         check["grey"] = whitebox_check(surrogate, grey, luminance.expand(3, -1, -1), threshold, centre)
         failures.append(_check_failure(check["grey"], "luminance mask (grey photos)"))
     failed = "; ".join(f for f in failures if f) or None
+    if failed:
+        failed = f"the mask does not fool its own surrogate ({settings.surrogate}) on your photos: {failed}"
     detector_used = getattr(detector, "name", type(detector).__name__)
     extra = {"enroll": {"photos": len(used), "sources": [Path(u).name for u in used],
                         "skipped": {Path(k).name: v for k, v in skipped.items()},
@@ -384,7 +402,7 @@ def enroll(inputs: list[str | Path] | str | Path, out: str | Path, name: str | N
     if failed and not force:
         if not quiet:
             print(result.summary())
-        raise WeakMask(f"{failed}. Nothing was written to {out}", result)
+        raise WeakMask(f"{failed}; nothing was written to {out}: {FAILED_FIX}", result)
     save_masks(out, ms)
     if preview:
         result.preview = save_preview(out.with_name(out.name.removesuffix(".safetensors") + "_preview.png"),

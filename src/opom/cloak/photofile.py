@@ -213,6 +213,7 @@ def _load_stored(path: Path) -> StoredPhoto:
 
     data = _read_bytes(path)
     img = open_image(data, str(path))  # the input policy: refuses what cannot be written back faithfully
+    sixteen = sixteen_bit_colour(img)  # from the tile list, which decoding clears
     try:
         load_image(img, str(path))
     except Exception as err:  # noqa: BLE001 - decoders raise anything on corrupt data
@@ -223,7 +224,7 @@ def _load_stored(path: Path) -> StoredPhoto:
     if fmt == "MPO":
         notes.append("MPO (multi-picture JPEG): only the first picture is kept, written as a JPEG")
     mode, chunks = img.mode, []
-    if sixteen_bit_colour(img):  # Pillow has 8 bits of it only
+    if sixteen:  # Pillow has 8 bits of it only
         pixels = _decode_16bit_png(data, str(path))
         mode = "RGBA;16" if pixels.shape[2] == 4 else "RGB;16"
         chunks = png_chunks(data)
@@ -404,8 +405,11 @@ def decode_pixels(data: bytes, mode: str | None = None) -> np.ndarray:
     """The stored pixels of an encoded file (as :func:`load_stored` reads them; ``mode`` the photo's mode)."""
     if mode in ("RGB;16", "RGBA;16"):
         return _decode_16bit_png(data, "<encoded>")
-    img = Image.open(io.BytesIO(data))
-    img.load()
+    from opom.data.inputs import _pillow_size_check_off
+
+    with _pillow_size_check_off():  # our own output: its size was checked when the original was opened
+        img = Image.open(io.BytesIO(data))
+        img.load()
     pixels = np.asarray(img)
     return pixels.astype(np.uint16) if img.mode.startswith("I;16") else pixels
 

@@ -158,6 +158,8 @@ def walk(inputs: list[str | Path], videos: bool = False, exclude: list[Path] | N
                 else:
                     keep.append(d)
             dirnames[:] = keep
+            if here != root and not keep and not filenames:
+                skipped.append(Skipped(str(here), "ignored", "an empty folder"))
             for name in sorted(filenames):
                 file = here / name
                 why = classify_entry(file, root)
