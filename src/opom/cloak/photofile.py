@@ -298,10 +298,34 @@ class Encoding:
         return self.label or (f"q{self.quality}" if self.quality is not None else "original tables")
 
 
+_REFERENCE_TABLES: dict[int, list] = {}
+
+
+def jpeg_tables(quality: int) -> list[list[int]]:
+    """The quantisation tables (luminance, chrominance) that libjpeg uses at ``quality``."""
+    if quality not in _REFERENCE_TABLES:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, "JPEG", quality=quality)
+        _REFERENCE_TABLES[quality] = [list(t) for _, t in sorted(Image.open(buf).quantization.items())]
+    return _REFERENCE_TABLES[quality]
+
+
+def keeps_fine_detail(photo: StoredPhoto, quality: int) -> bool:
+    """Whether the original JPEG's own tables and subsampling are at least as fine as ``quality`` at 4:4:4: then
+    the mask has a chance to survive them (a 4:2:0 or coarser original loses its colour detail for sure)."""
+    if not photo.jpeg_qtables or photo.jpeg_subsampling != 0:
+        return False
+    reference = jpeg_tables(quality)
+    return len(photo.jpeg_qtables) >= 2 and all(
+        len(t) == len(r) and all(a <= b for a, b in zip(t, r, strict=True))
+        for t, r in zip(photo.jpeg_qtables[:2], reference[:2], strict=False))
+
+
 def encodings(photo: StoredPhoto, qualities: tuple[int, ...], keep_original: bool = True) -> list[Encoding]:
-    """The encodings to try for a lossy photo, in order: the original's own JPEG tables first (if any), then
-    ``qualities`` at 4:4:4."""
-    first = [Encoding(None, "original tables")] if keep_original and photo.jpeg_qtables else []
+    """The encodings to try for a lossy photo, in order: the original's own JPEG tables and subsampling first (when
+    they are at least as fine as the first quality at 4:4:4), then ``qualities`` at 4:4:4."""
+    first = [Encoding(None, "original tables")] if keep_original and qualities and keeps_fine_detail(
+        photo, int(qualities[0])) else []
     return first + [Encoding(int(q)) for q in qualities]
 
 
