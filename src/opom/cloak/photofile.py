@@ -40,6 +40,8 @@ SUFFIXES = {"PNG": ".png", "JPEG": ".jpg"}
 GPS_IFD = 0x8825
 ORIENTATION = 0x0112
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# zlib level of PNG copies: 3 encodes a 1 MP photo ~3x faster than Pillow's default 6, for files ~8 % larger
+PNG_COMPRESS_LEVEL = 3
 # PNG chunks that describe the pixels' encoding: taken from the new file; every other chunk is the original's
 _PNG_PIXEL_CHUNKS = (b"IHDR", b"IDAT", b"IEND")
 
@@ -392,6 +394,7 @@ def encode(photo: StoredPhoto, pixels: np.ndarray, quality: int | Encoding | Non
                 continue
             info.add_text(k, v)
         kw["pnginfo"] = info
+        kw["compress_level"] = PNG_COMPRESS_LEVEL
     elif fmt == "TIFF":
         if photo.tiff_compression and photo.tiff_compression != "raw":
             kw["compression"] = photo.tiff_compression
