@@ -35,11 +35,12 @@ REPORT_HELP = ("report fields (one JSON line per path): outcome and reason; per 
                "how much of the mask's pattern arrived; resampling costs a little, lossy encoding more); for "
                "JPEG/WebP the encoding kept and its survival (retention after vs before encoding); grey photos get "
                "the luminance mask (mask_kind).")
-JPEG_HELP = ("JPEG (and lossy WebP) copies are encoded anew: that changes every pixel of the photo a little (up to "
-             "~12-18 grey levels anywhere, invisible at these qualities) and the files are typically ~35 % larger "
-             "than a camera JPEG; a JPEG first tries its own quantisation tables and chroma subsampling (same size "
-             "and look), then qualities 95, 97, 99, 100 at 4:4:4, keeping the first at which the mask survives. "
-             "--format png writes lossless copies that change only the faces.")
+JPEG_HELP = ("JPEG (and lossy WebP) copies are encoded anew: that changes pixels all over the photo a little (up to "
+             "~12 grey levels, most by 0-3; invisible at these qualities) and the files are typically 25-40 % "
+             "larger than a camera JPEG; a JPEG first tries its own quantisation tables and chroma subsampling (same "
+             "size and look) when they are as fine as quality 95 at 4:4:4, then qualities 95, 97, 99, 100 at 4:4:4, "
+             "keeping the first at which the mask survives. --format png writes lossless copies that change only "
+             "the faces.")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -8,10 +8,11 @@ original's format, size, mode, bit depth, orientation, colour profile and metada
 or is written as PNG / JPEG (``output_format``). Grey photos (grey modes, or RGB whose channels are equal) get the
 mask's luminance version, added equally to every channel, so they stay grey.
 
-Lossy formats are re-encoded, which changes every pixel a little (JPEG: up to ~12-18 grey levels anywhere, and
-files ~35 % larger than a typical camera JPEG): a JPEG first tries its own quantisation tables and chroma
-subsampling, then ``jpeg_qualities`` at 4:4:4; the first at which the mask survives is kept: the perturbation
-measured in each aligned face after decoding must have a cosine of at least ``min_survival`` with the lossless one.
+Lossy formats are re-encoded, which changes pixels all over the photo a little (JPEG: up to ~12 grey levels, most
+by 0-3, and files 25-40 % larger than a camera JPEG; experiments/benchmarks/cloak_throughput.md): a JPEG first tries
+its own quantisation tables and chroma subsampling (when they are as fine as the first quality at 4:4:4), then
+``jpeg_qualities`` at 4:4:4; the first at which the mask survives is kept: the perturbation measured in each aligned
+face after decoding must have a cosine of at least ``min_survival`` with the lossless one.
 
 Originals are only ever read. Outputs are written atomically, never onto an input; an existing output is left
 alone unless ``overwrite`` (an output of an earlier run with the same source, mask and settings is ``done``).

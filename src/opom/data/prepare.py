@@ -533,8 +533,11 @@ def _done(entry: dict | None, job: PhotoJob, key: str, output_root: Path) -> boo
     return entry.get("size") == st.st_size and entry["sha256"] == sha256_file(job.path)
 
 
-def _auto_workers(n: int) -> int:
-    return max(1, min(os.cpu_count() or 1, 4, n // 8))
+def _auto_workers(n: int, detector: str = DEFAULT_DETECTOR) -> int:
+    """Worker processes for ``n`` photos: a worker costs ~1 s (YuNet) or ~5 s (MTCNN, torch) to start, so YuNet
+    (~0.1 s per photo) gains from a pool only for large batches (experiments/benchmarks/prepare_throughput.md)."""
+    per_worker = 64 if detector == "yunet" else 8
+    return max(1, min(os.cpu_count() or 1, 4, n // per_worker))
 
 
 def prepare(input_root: str | Path, output_root: str | Path, choose: str = "largest", workers: int | None = None,
@@ -585,7 +588,7 @@ def prepare(input_root: str | Path, output_root: str | Path, choose: str = "larg
     previous = load_manifest(manifest_path)
     key = settings.key()
     todo = [j for j in jobs if not (resume and _done(previous.get(j.relpath), j, key, output_root))]
-    n_workers = _auto_workers(len(todo)) if workers is None else min(workers, max(1, len(todo)))
+    n_workers = _auto_workers(len(todo), settings.detector) if workers is None else min(workers, max(1, len(todo)))
     writer = _Writer(output_root, manifest_path, previous, settings)
     by_relpath = {j.relpath: j for j in todo}
     done = 0
