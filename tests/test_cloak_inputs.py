@@ -504,3 +504,18 @@ def test_report_is_json_with_the_documented_fields(tmp_path, mask_file):
     face = entry["protected_faces"][0]
     assert {"aligned_max_change", "retention"} <= set(face) and {"aligned_max_change", "retention"} <= set(FIELDS)
     assert json.loads(json.dumps(entry)) == entry
+
+
+def test_prepare_interrupted_in_the_first_photo_leaves_no_empty_manifest(tmp_path, monkeypatch):
+    from opom.data import prepare as prep
+
+    (tmp_path / "in" / "a").mkdir(parents=True)
+    Image.fromarray(texture()).save(tmp_path / "in" / "a" / "p.png")
+
+    def interrupted(job, settings, detector):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep, "process_photo", interrupted)
+    monkeypatch.setattr(prep, "build_detector", lambda name, device="cpu": dot_detector())
+    assert prepare_main([str(tmp_path / "in"), str(tmp_path / "out"), "--no-progress"]) == 130
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()

@@ -475,7 +475,7 @@ class _Writer:
         for relpath, entry in previous.items():
             for crop in entry.get("crops", []):
                 self.claims[crop["path"].lower()] = relpath
-        self.file = _open_for_append(manifest_path)
+        self.manifest_path, self.file = manifest_path, None  # opened at the first entry: no empty manifest
         self.base = {"settings": asdict(settings), "settings_key": settings.key(), "opom_version": __version__}
 
     def _free(self, relpath: str, names: list[str]) -> bool:
@@ -502,6 +502,8 @@ class _Writer:
             if name not in new and self.claims.get(name.lower()) == job.relpath:
                 (self.root / name).unlink(missing_ok=True)
                 self.claims.pop(name.lower(), None)
+        if self.file is None:
+            self.file = _open_for_append(self.manifest_path)
         self.file.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self.file.flush()
         os.fsync(self.file.fileno())
@@ -509,7 +511,8 @@ class _Writer:
         return entry
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 # ------------------------------------------------------------------------------------------------ prepare
