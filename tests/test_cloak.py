@@ -143,8 +143,11 @@ def test_feathered_edge_and_overlap_never_exceed_eps():
     delta = np.full((112, 112, 3), EPS, np.float32)
     m1 = similarity_transform(face_points(), TEMPLATE.array())
     m2 = similarity_transform(face_points(offset=(170.0, 100.0)), TEMPLATE.array())
-    total, footprint = combine([face_field(m, delta, (360, 480)) for m in (m1, m2)], (360, 480))
-    assert total.max() <= EPS + 1e-4 and footprint.any()
+    combined = combine([face_field(m, delta, (360, 480)) for m in (m1, m2)])
+    assert combined.delta.max() <= EPS + 1e-4 and combined.footprint.any()
+    assert combined.delta.shape[:2] == combined.footprint.shape == (combined.y1 - combined.y0,
+                                                                    combined.x1 - combined.x0)
+    assert combined.delta.shape[0] < 360 and combined.delta.shape[1] < 480  # the faces' region only
     assert face_field(m1, delta, (360, 480)).delta.max() <= EPS + 1e-4
     # a face far outside the image gives no field
     far = np.array(m1, copy=True)
@@ -219,9 +222,11 @@ def test_plan_never_writes_onto_inputs(tmp_path):
     (tmp_path / "a").mkdir()
     Image.fromarray(texture(40, 40)).save(tmp_path / "a" / "x.png")
     Image.fromarray(texture(40, 40)).save(tmp_path / "a" / "x_protected.png")  # an earlier output: not walked
-    (tmp_path / "a" / "notes.txt").write_text("hi")
-    jobs, notes = plan([tmp_path / "a"], None)
-    assert [j.output.name for j in jobs] == ["x_protected.png"] and notes
+    (tmp_path / "a" / "notes.txt").write_text("hi")  # a job: its content decides (not_an_image), and it is named
+    jobs, skipped = plan([tmp_path / "a"], None)
+    assert [j.output.name for j in jobs] == ["notes_protected.txt", "x_protected.png"]
+    assert [(Path(s.path).name, s.outcome) for s in skipped] == [("x_protected.png", "ignored")]
+    assert "earlier protect output" in skipped[0].reason
     with pytest.raises(UserError, match="never overwritten"):
         plan([tmp_path / "a"], tmp_path / "a")
     with pytest.raises(UserError, match="never overwritten"):
@@ -250,9 +255,15 @@ def test_protect_run_report_existing_outputs_and_bad_files(tmp_path, mask_file):
     assert outcomes == {"good.png": "protected", "text.jpg": "not_an_image", "cut.jpg": "unreadable",
                         "empty.png": "no_face"}
     assert sorted(p.name for p in out.iterdir()) == ["good.png", "opom_protect_report.jsonl"]
-    assert {Path(e["source"]).name: e["outcome"] for e in again}["good.png"] == "exists"
+    # a second run resumes: the finished copy is "done" (success), the rest is tried again
+    assert {Path(e["source"]).name: e["outcome"] for e in again}["good.png"] == "done"
     report = read_report(out / "opom_protect_report.jsonl")
     assert len(report) == 8 and all(e["mask"]["identity"] == "alice" for e in report)
+    # a file at the output's name that this run did not write is kept, and named
+    Image.fromarray(texture(20, 20)).save(out / "good.png")
+    third = protect([folder / "good.png"], person, out=out, settings=settings, detector=stub, progress=False,
+                    quiet=True)
+    assert third[0]["outcome"] == "exists" and "--overwrite" in third[0]["reason"]
     good = next(e for e in report if e["outcome"] == "protected")
     assert good["n_faces"] == 1 and good["chosen"] == [0] and good["protected_faces"][0]["aligned_max_change"] <= 9
     assert {p.name: sha(p) for p in folder.iterdir()} == originals

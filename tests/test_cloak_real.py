@@ -126,3 +126,30 @@ def test_real_video_pan_zoom_clip(photos, detector, tmp_path):
     assert entry["retention"] > 0.5
     with av.open(str(tmp_path / "out.mp4")) as out:
         assert out.streams.audio and out.streams.video[0].frames == 12
+
+
+def test_opencv_sface_matches_the_zoo_sface():
+    """protect and check run SFace through OpenCV (no torch); the embeddings must be the zoo's torch module's."""
+    from real_photos import aligned_faces
+
+    from opom.cloak.faces import SFaceRunner, embed_crops
+    from opom.models.zoo import build_face_model
+
+    try:
+        crops = list(aligned_faces().values())
+    except PhotosUnavailable as err:
+        pytest.skip(str(err))
+    ours = SFaceRunner().embed_crops(crops)
+    zoo = embed_crops(build_face_model({"name": "sface", "arch": "sface"}), crops)
+    cos = (ours * zoo).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(zoo, axis=1)
+    assert cos.min() > 0.9999 and np.abs(ours - zoo).max() < 1e-3
+
+
+def test_default_detector_finds_the_real_faces(photos):
+    from opom.cloak.faces import DetectSettings
+
+    detector = DetectSettings().build()
+    for name in ("obama/obama.jpg", "obama/obama2.jpg", "obama/obama3.jpg", "biden.jpg"):
+        rgb = np.asarray(Image.open(photos / name).convert("RGB"))
+        faces = detect_faces(rgb, detector)
+        assert len(faces) == 1 and faces[0].size > 100, name

@@ -171,3 +171,18 @@ def test_enroll_defaults_are_the_framework_configs():
                                                                             fim.random_start)
     assert (method.lower, method.upper, method.warmup) == (hull.lower, hull.upper, hull.warmup)
 
+
+
+def test_a_second_run_keeps_the_finished_video(tmp_path):
+    from opom.cloak.protect import protect
+
+    (tmp_path / "in").mkdir()
+    src = pan_zoom_clip(texture(300, 400), tmp_path / "in" / "clip.mp4", frames=6, size=(128, 96), fps=10,
+                        audio=False)
+    mask = make_mask(tmp_path / "m.safetensors")
+    settings = ProtectSettings(choose="largest", preset="ultrafast")
+    first = protect([src], mask, out=tmp_path / "out", settings=settings, detector=CountingStub((128, 96)),
+                    progress=False, quiet=True)
+    again = protect([src], mask, out=tmp_path / "out", settings=settings, detector=CountingStub((128, 96)),
+                    progress=False, quiet=True)
+    assert [e["outcome"] for e in first] == ["protected"] and [e["outcome"] for e in again] == ["done"]

@@ -220,14 +220,27 @@ def test_missing_file_and_folder(tmp_path):
     assert err.value.outcome == "not_an_image"
 
 
-def test_decompression_bomb_is_too_large(tmp_path, monkeypatch):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+def test_decompression_bomb_is_too_large_with_one_message_and_no_pillow_warning(tmp_path, recwarn):
+    from opom.data.inputs import set_max_pixels
+
     path = _save(tmp_path / "big.png", Image.new("RGB", (100, 100)))
-    with pytest.raises(PhotoError) as err:
-        read_photo(path)
-    assert err.value.outcome == "too_large" and "MAX_IMAGE_PIXELS" in str(err.value)
-    _, info = read_photo(_save(tmp_path / "warn.png", Image.new("RGB", (40, 40))))  # 1600: warned, read
-    assert any("pixels" in n for n in info.notes)
+    try:
+        set_max_pixels(1000)
+        with pytest.raises(PhotoError) as err:
+            read_photo(path)
+        assert err.value.outcome == "too_large" and "--max-pixels" in str(err.value)
+        assert "MAX_IMAGE_PIXELS" not in str(err.value) and "100x100" in str(err.value)
+        set_max_pixels(20_000)  # 10000 pixels: read, without Pillow's DecompressionBombWarning (its limit is off)
+        monkey_limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = 6000
+        try:
+            rgb, _ = read_photo(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = monkey_limit
+        assert rgb.shape == (100, 100, 3)
+        assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    finally:
+        set_max_pixels(None)
 
 
 def test_detection_view_maps_back_to_full_resolution():

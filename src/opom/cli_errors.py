@@ -7,9 +7,6 @@ import logging
 import os
 import sys
 
-from hydra.errors import InstantiationException
-from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
-
 from opom.errors import UserError
 
 log = logging.getLogger("opom")
@@ -17,11 +14,17 @@ log = logging.getLogger("opom")
 
 def user_error(err: BaseException) -> BaseException | None:
     """The user-caused error behind ``err`` (also through Hydra's instantiation wrapper), else None."""
-    while isinstance(err, InstantiationException) and err.__cause__ is not None:
-        err = err.__cause__
-    if isinstance(err, (MissingMandatoryValue, InterpolationToMissingValueError)):  # a ??? left to fill in
-        key = str(err).split("Missing mandatory value: ")[-1].split("\n")[0].strip()
-        return UserError(f"the config value {key!r} must be given: add {key}=... to the command line")
+    if "hydra" in sys.modules:  # only then can it be a Hydra error (commands without Hydra skip the import)
+        from hydra.errors import InstantiationException
+
+        while isinstance(err, InstantiationException) and err.__cause__ is not None:
+            err = err.__cause__
+    if "omegaconf" in sys.modules:
+        from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+
+        if isinstance(err, (MissingMandatoryValue, InterpolationToMissingValueError)):  # a ??? left to fill in
+            key = str(err).split("Missing mandatory value: ")[-1].split("\n")[0].strip()
+            return UserError(f"the config value {key!r} must be given: add {key}=... to the command line")
     return err if isinstance(err, (UserError, FileNotFoundError)) else None
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import safe_open
 
 from opom import __version__
-from opom.cache import atomic_save
 from opom.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading a mask file (opom protect) does not need it
+    import torch
 
 FORMAT = "opom-masks/1"
 # insightface's 5-point template (eyes, nose tip, mouth corners) for 112x112 aligned faces
@@ -34,10 +36,16 @@ class MaskSet:
     template_points: tuple = ARCFACE_TEMPLATE_112
     version: str = __version__
     extra: dict = field(default_factory=dict)
+    # optional (I, 1, H, W) masks for grey photos (|m| <= eps / 255): crafted on the luminance of the faces
+    luminance: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.masks.ndim != 4 or self.masks.shape[0] != len(self.identities):
             raise UserError(f"masks of shape {tuple(self.masks.shape)} do not match {len(self.identities)} identities")
+        if self.luminance is not None and tuple(self.luminance.shape) != (self.masks.shape[0], 1,
+                                                                         *self.masks.shape[2:]):
+            raise UserError(f"luminance masks of shape {tuple(self.luminance.shape)} do not match the masks "
+                            f"{tuple(self.masks.shape)}")
 
     def mask_for(self, identity: str) -> torch.Tensor:
         if identity not in self.identities:
@@ -50,22 +58,29 @@ def save_masks(path: str | Path, ms: MaskSet) -> Path:
             "attack": ms.attack, "eps": repr(float(ms.eps)), "image_size": str(ms.image_size), "template": ms.template,
             "template_points": json.dumps([list(p) for p in ms.template_points]), "version": ms.version,
             "extra": json.dumps(ms.extra, default=str)}
-    atomic_save({"masks": ms.masks.detach().float().cpu()}, Path(path), meta)
+    from opom.cache import atomic_save
+
+    tensors = {"masks": ms.masks.detach().float().cpu()}
+    if ms.luminance is not None:
+        tensors["luminance"] = ms.luminance.detach().float().cpu()
+    atomic_save(tensors, Path(path), meta)
     return Path(path)
 
 
-def load_masks(path: str | Path) -> MaskSet:
+def load_masks(path: str | Path, framework: str = "pt") -> MaskSet:
+    """Read a mask file; ``framework="numpy"`` gives numpy arrays (and does not import torch)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"mask file {str(path)!r} does not exist")
-    with safe_open(path, framework="pt") as f:
+    with safe_open(path, framework=framework) as f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
             raise UserError(f"{str(path)!r} is not an opom mask file "
                             f"(format {meta.get('format')!r}, expected {FORMAT!r})")
         masks = f.get_tensor("masks")
-    return MaskSet(masks=masks, identities=json.loads(meta["identities"]), surrogate=meta["surrogate"],
-                   method=meta["method"], attack=meta["attack"], eps=float(meta["eps"]),
+        luminance = f.get_tensor("luminance") if "luminance" in f.keys() else None
+    return MaskSet(masks=masks, luminance=luminance, identities=json.loads(meta["identities"]),
+                   surrogate=meta["surrogate"], method=meta["method"], attack=meta["attack"], eps=float(meta["eps"]),
                    image_size=int(meta["image_size"]), template=meta["template"],
                    template_points=tuple(tuple(p) for p in json.loads(meta["template_points"])),
                    version=meta["version"], extra=json.loads(meta.get("extra", "{}")))

@@ -1,12 +1,13 @@
 """``check``: "am I protected?" — clean and protected photos against a local panel of face-recognition models.
 
-Every photo's largest face is detected (MTCNN), aligned to the canonical 112x112 template and embedded by each
-panel model. A protected photo is compared with the clean reference photos (the enrolment photos, or the clean
+Every photo's largest face is detected (YuNet by default), aligned to the canonical 112x112 template and embedded by
+each panel model. A protected photo is compared with the clean reference photos (the enrolment photos, or the clean
 originals), leaving out its own clean original when that is known and other references remain — a recogniser
 matches a new photo against photos it already has. The best score over the references decides, at the model's
 own threshold (SFace: cosine >= 0.363; dlib: L2 distance < 0.6): "NOT protected" if the model still verifies the
 person, "protected" otherwise. For comparison, the clean original of each protected photo (when known) is scored
-the same way. Nothing leaves the machine; the panel is local (default: sface, and dlib when installed).
+the same way. Nothing leaves the machine; the panel is local (default: sface, and dlib when installed). The photos
+are read and their faces found before the panel's models are loaded, each model once.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from opom.cloak.faces import DetectSettings, detect_faces
+from opom.cloak.faces import DetectSettings, detect_faces, embed_crops
 from opom.cloak.report import read_report
 from opom.data.alignment import warp_to_template
+from opom.data.inputs import walk
 from opom.data.photos import PhotoError, read_photo
 from opom.errors import UserError
 
@@ -37,11 +39,7 @@ class PanelModel:
     threshold: float
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
-        import torch
-
-        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
-        with torch.no_grad():
-            e = self.model(x).float().cpu().numpy().astype(np.float64)
+        e = embed_crops(self.model, crops)
         if self.metric == "cosine":
             e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         return e
@@ -60,17 +58,51 @@ class PanelModel:
         return f"cos >= {self.threshold:.3f}" if self.metric == "cosine" else f"L2 < {self.threshold:.3f}"
 
 
-def build_panel(names=DEFAULT_PANEL, weights: dict[str, str] | None = None,
-                thresholds: dict[str, float] | None = None, notes: list[str] | None = None) -> list[PanelModel]:
-    """Zoo models by arch name; a model whose extra is not installed is skipped (noted) unless it is the only one."""
-    from opom.models.extras import MissingExtraError
-    from opom.models.zoo import ZOO, build_face_model
+def validate_panel(names, weights: dict[str, str] | None = None) -> None:
+    """Fail early (before any photo is read) on unknown models and missing or misplaced weights, with the fix in
+    the command line's own syntax (``--weights NAME=PATH``)."""
+    from opom.data.inputs import check_input_file
 
-    weights, thresholds = dict(weights or {}), dict(thresholds or {})
-    panel, missing = [], []
-    for name in names:
+    weights = dict(weights or {})
+    for name, path in weights.items():
+        if name not in names:
+            raise UserError(f"--weights {name}=...: {name!r} is not in the panel ({', '.join(names)}); add it with "
+                            f"--panel {','.join([*names, name])}")
+        check_input_file(path, f"weights of panel model {name!r}", f"give the weights file: --weights {name}=PATH")
+    others = [n for n in names if n != "sface" or weights.get(n)]
+    if not others:
+        return
+    from opom.models.zoo import ZOO  # imports torch: only for models other than the bundled SFace
+
+    for name in others:
         if name not in ZOO:
             raise UserError(f"unknown panel model {name!r}; the zoo has {', '.join(sorted(ZOO))}")
+        if ZOO[name].needs_checkpoint and not weights.get(name):
+            raise UserError(f"panel model {name!r} needs weights: give them with --weights {name}=PATH "
+                            f"({ZOO[name].weights})")
+
+
+def build_panel(names=DEFAULT_PANEL, weights: dict[str, str] | None = None,
+                thresholds: dict[str, float] | None = None, notes: list[str] | None = None) -> list[PanelModel]:
+    """Zoo models by arch name; a model whose extra is not installed is skipped (noted) unless it is the only one.
+
+    The bundled SFace (no ``weights``) runs through OpenCV, without torch (:class:`~opom.cloak.faces.SFaceRunner`).
+    """
+    from opom.cloak.faces import SFaceRunner
+    from opom.models.extras import MissingExtraError
+
+    weights, thresholds = dict(weights or {}), dict(thresholds or {})
+    validate_panel(names, weights)
+    panel, missing = [], []
+    for name in names:
+        if name == "sface" and not weights.get(name):
+            try:
+                panel.append(PanelModel(name, SFaceRunner(), "cosine", float(thresholds.get(name, 0.363))))
+            except MissingExtraError as err:
+                missing.append(f"{name} skipped: {err}")
+            continue
+        from opom.models.zoo import build_face_model
+
         try:
             model = build_face_model({"name": name, "arch": name, "checkpoint": weights.get(name)})
         except MissingExtraError as err:
@@ -93,7 +125,7 @@ def build_panel(names=DEFAULT_PANEL, weights: dict[str, str] | None = None,
 
 def face_crop(path: Path, detector, settings: DetectSettings = DetectSettings()) -> np.ndarray | None:
     """The largest face of a photo aligned to 112x112 (None if there is none). Raises PhotoError."""
-    rgb, _ = read_photo(path)
+    rgb, _ = read_photo(path, policy=True)
     if rgb.shape[:2] == (112, 112):
         return rgb
     faces = detect_faces(rgb, detector, settings)
@@ -145,15 +177,16 @@ def pairs_from_report(report: str | Path) -> list[tuple[Path | None, Path]]:
 def check(references: list[str | Path], protected: list[str | Path] | None = None,
           originals: list[str | Path | None] | None = None, report: str | Path | None = None,
           panel: list[PanelModel] | None = None, panel_names=DEFAULT_PANEL, detector=None,
-          settings: DetectSettings = DetectSettings(), quiet: bool = False) -> CheckResult:
+          settings: DetectSettings = DetectSettings(), quiet: bool = False, weights: dict[str, str] | None = None,
+          thresholds: dict[str, float] | None = None) -> CheckResult:
     """Score protected photos against clean reference photos with each panel model.
 
     ``references``: clean photos of the person (files or folders). ``protected``: protected photos, with their
     clean ``originals`` in the same order where known (None otherwise); or ``report``: a ``protect`` report whose
     protected photos (and their sources) are used. With no ``references``, the report's sources are the references.
+    ``panel``: ready models, else :func:`build_panel` of ``panel_names`` (with ``weights`` and ``thresholds``), built
+    after the photos are read.
     """
-    from opom.cloak.enroll import collect_photos
-
     notes: list[str] = []
     pairs: list[tuple[Path | None, Path]] = []
     if report is not None:
@@ -165,14 +198,18 @@ def check(references: list[str | Path], protected: list[str | Path] | None = Non
         pairs += [(Path(o) if o else None, Path(p)) for o, p in zip(originals, protected, strict=True)]
     if not pairs:
         raise UserError("nothing to check: give protected photos (--protected) or a protect report (--report)")
-    ref_files = collect_photos(list(references)) if references else sorted({o for o, _ in pairs if o})
+    if panel is None:
+        validate_panel(panel_names, weights)
+    if references:
+        found, skipped = walk(list(references), command="check")
+        ref_files = [f.path for f in found]
+        notes += [f"{s.path}: {s.reason}" for s in skipped]
+    else:
+        ref_files = sorted({o for o, _ in pairs if o})
     if not ref_files:
         raise UserError("no clean reference photos: give the clean (enrolment) photos of the person")
     if detector is None:
-        from opom.data.prepare import default_detector
-
-        detector = default_detector()
-    panel = panel if panel is not None else build_panel(panel_names, notes=notes)
+        detector = settings.build()
 
     def crops_of(paths):
         crops = {}
@@ -194,6 +231,10 @@ def check(references: list[str | Path], protected: list[str | Path] | None = Non
     prot = crops_of([p for _, p in pairs])
     orig = crops_of(sorted({o for o, _ in pairs if o is not None and o.resolve() not in refs}))
     orig |= refs
+    if panel is None:
+        built: list[str] = []
+        panel = build_panel(panel_names, weights=weights, thresholds=thresholds, notes=built)
+        notes[:0] = built
     result = CheckResult([str(p) for p in refs], notes=notes)
     ref_keys = list(refs)
     for m in panel:

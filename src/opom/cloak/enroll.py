@@ -1,41 +1,57 @@
 """``enroll``: photos of one person -> that person's mask file.
 
-The photos are read upright in sRGB (:func:`opom.data.photos.read_photo`); in each, the largest face is found
-with the framework's MTCNN detector and aligned to the canonical 112x112 template (photos that already are
-112x112 aligned crops are taken as they are). The framework then crafts the mask: a
-:class:`~opom.module.MaskCrafter` in a Lightning ``Trainer`` (progress bar), with the chosen surrogate, method
-(default the convex hull) and attack (default FIM, eps 8 grey levels, 16 iterations, as ``conf/attack/fim.yaml``).
+The photos are taken by the one input policy (:mod:`opom.data.inputs`) and read upright in sRGB
+(:func:`opom.data.photos.read_photo`); in each, the largest face is found (YuNet by default, MTCNN selectable) and
+aligned to the canonical 112x112 template (photos that already are 112x112 aligned crops are taken as they are).
+Then, with torch imported only now, the framework crafts the mask: a :class:`~opom.module.MaskCrafter` in a
+Lightning ``Trainer`` (progress bar), with the chosen surrogate, method (default the convex hull) and attack
+(default FIM, eps 8 grey levels, 16 iterations, as ``conf/attack/fim.yaml``). A second mask, for grey photos, is
+crafted the same way on the faces' luminance, through the surrogate seeing grey (``luminance``: one channel, added
+equally to R, G and B, so a black-and-white photo stays black-and-white).
+
+Checks, before anything is written:
+
+- outliers: the surrogate compares every enrolment photo with every other; a photo that matches fewer than half
+  of the others (cosine below the surrogate's threshold) may show someone else: it is named in a warning;
+- the white-box check: every masked enrolment face (colour and grey) must fall below the surrogate's threshold
+  against the person's clean mean embedding. If one does not, the mask does not even fool the model it was made
+  on: :class:`WeakMask` is raised (``opom enroll`` exits 1) and nothing is written, unless ``force``.
 
 The mask file (:func:`opom.masks.save_masks`) also carries, in ``extra``:
 - ``match``: the surrogate's spec, the person's mean L2-normalised embedding of the enrolment photos and the
   model's verification threshold, for ``protect --choose match``. This embedding identifies the person: keep the
   mask file as private as the photos.
-- ``enroll``: how many photos were used, their names, and the white-box check (the surrogate's cosine similarity
-  of each masked enrolment face to the clean mean embedding, before and after).
+- ``enroll``: how many photos were used, their names, the photos skipped and why, outliers, the detector, and the
+  white-box check (the surrogate's cosine similarity of each masked enrolment face to the clean mean embedding).
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from opom.attack import ATTACKS
 from opom.cloak.faces import DetectSettings, detect_faces
 from opom.data.alignment import get_template, warp_to_template
+from opom.data.inputs import check_input_file, check_output_folder, set_max_pixels, walk
 from opom.data.photos import PhotoError, read_photo
 from opom.errors import UserError
-from opom.masks import MaskSet, save_masks, save_preview
-from opom.methods import METHODS
 
+log = logging.getLogger("opom")
 TEMPLATE = "arcface_112"  # zoo models take canonical 112x112 crops
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff", ".bmp", ".mpo")
+LUMA = (0.299, 0.587, 0.114)  # BT.601, as opom.cloak.blend
+
+
+class WeakMask(UserError):
+    """The crafted mask does not fool its own surrogate on the enrolment photos (nothing was written)."""
+
+    def __init__(self, message: str, result: EnrollResult | None = None):
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -51,59 +67,76 @@ class EnrollSettings:
     method_options: dict = field(default_factory=dict)
     attack_options: dict = field(default_factory=dict)
     detect: DetectSettings = field(default_factory=DetectSettings)
+    luminance: bool = True  # also craft the mask for grey photos
+    max_pixels: int | None = None  # larger photos are too_large (None: the default limit)
 
     def validate(self) -> EnrollSettings:
-        if self.method not in METHODS:
-            raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.attack not in ATTACKS:
-            raise UserError(f"unknown attack {self.attack!r}; choose one of {', '.join(ATTACKS)}")
+        """Cheap checks first (no torch); the method and attack names are checked when torch is imported."""
         if not self.eps > 0:
             raise UserError(f"eps must be > 0 grey levels (e.g. 8), got {self.eps}")
         if self.iterations is not None and self.iterations < 1:
             raise UserError(f"iterations must be >= 1, got {self.iterations}")
+        if self.weights is not None:
+            check_input_file(self.weights, f"weights of the surrogate {self.surrogate!r}",
+                             "give the weights file: --weights PATH")
         self.detect.validate()
         return self
+
+    def validate_names(self) -> None:
+        from opom.attack import ATTACKS
+        from opom.methods import METHODS
+
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.attack not in ATTACKS:
+            raise UserError(f"unknown attack {self.attack!r}; choose one of {', '.join(ATTACKS)}")
 
 
 @dataclass
 class EnrollResult:
     path: Path
     preview: Path | None
-    masks: MaskSet
+    masks: object  # opom.masks.MaskSet
     used: list[str]
     skipped: dict[str, str]  # file -> why
     whitebox: dict
+    outliers: dict[str, str] = field(default_factory=dict)  # file -> why it may show someone else
+    failed: str | None = None  # why the white-box check failed (written anyway only with force)
+    written: bool = True
 
     def summary(self) -> str:
         wb = self.whitebox
-        lines = [f"enroll: mask for {self.masks.identities[0]!r} from {len(self.used)} photo(s) -> {self.path}",
+        name = self.masks.identities[0]
+        head = f"enroll: mask for {name!r} from {len(self.used)} photo(s)"
+        lines = [head + (f" -> {self.path}" if self.written else " (nothing written)"),
                  f"  {self.masks.method}, {self.masks.attack}, eps {self.masks.eps:g}, "
-                 f"surrogate {self.masks.surrogate}"]
+                 f"surrogate {self.masks.surrogate}, detector {self.masks.extra['enroll']['detector']}"]
         if wb:
+            thr = f" (threshold {wb['threshold']:.3f})" if wb.get("threshold") is not None else ""
             lines.append(f"  white-box check ({self.masks.surrogate}): similarity to your enrolment embedding "
-                         f"{wb['clean_mean']:.3f} clean -> {wb['protected_mean']:.3f} masked"
-                         + (f" (threshold {wb['threshold']:.3f})" if wb.get("threshold") is not None else ""))
+                         f"{wb['clean_mean']:.3f} clean -> {wb['protected_mean']:.3f} masked, worst photo "
+                         f"{max(wb['protected_per_photo']):.3f}{thr}")
+            if "grey" in wb:
+                g = wb["grey"]
+                lines.append(f"  grey photos (luminance mask): {g['clean_mean']:.3f} clean -> "
+                             f"{g['protected_mean']:.3f} masked, worst photo {max(g['protected_per_photo']):.3f}")
+            lines.append("  (these are the photos the mask was made from: `opom check` on other photos tells how it "
+                         "carries over)")
         if self.preview:
             lines.append(f"  preview: {self.preview}")
+        lines += [f"  warning: {name} {why}" for name, why in self.outliers.items()]
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
+        if self.failed and self.written:
+            lines.append(f"  warning (--force): {self.failed}")
         return "\n".join(lines)
 
 
-def collect_photos(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, and the photos (by suffix, not hidden) of folders, recursively, sorted."""
-    files: list[Path] = []
-    for raw in inputs:
-        path = Path(raw).expanduser()
-        if not path.exists():
-            raise UserError(f"input {str(path)!r} does not exist")
-        if path.is_file():
-            files.append(path)
-            continue
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files += [Path(dirpath) / n for n in sorted(filenames)
-                      if not n.startswith(".") and Path(n).suffix.lower() in PHOTO_SUFFIXES]
-    return files
+def collect_photos(inputs: list[str | Path], skipped: dict[str, str] | None = None) -> list[Path]:
+    """The photo candidates of files and folders (:func:`opom.data.inputs.walk`); skipped paths go to ``skipped``."""
+    found, skips = walk(list(inputs), command="enroll")
+    if skipped is not None:
+        skipped.update({s.path: s.reason for s in skips})
+    return [f.path for f in found]
 
 
 def aligned_faces(files: list[Path], detector=None, settings: DetectSettings = DetectSettings(),
@@ -116,7 +149,7 @@ def aligned_faces(files: list[Path], detector=None, settings: DetectSettings = D
     crops, used, skipped = [], [], {}
     for path in files:
         try:
-            rgb, _ = read_photo(path)
+            rgb, _ = read_photo(path, policy=True)
         except PhotoError as err:
             skipped[str(path)] = err.reason
             continue
@@ -125,9 +158,7 @@ def aligned_faces(files: list[Path], detector=None, settings: DetectSettings = D
             used.append(str(path))
             continue
         if detector is None:
-            from opom.data.prepare import default_detector
-
-            detector = default_detector()
+            detector = settings.build()
         faces = detect_faces(rgb, detector, settings)
         if not faces:
             skipped[str(path)] = "no face found"
@@ -138,10 +169,22 @@ def aligned_faces(files: list[Path], detector=None, settings: DetectSettings = D
     return crops, used, skipped
 
 
+def preflight_surrogate(settings: EnrollSettings) -> None:
+    """An unknown surrogate, or one without the weights it needs, as one line in the command line's syntax."""
+    from opom.models.zoo import ZOO  # imports torch
+
+    if settings.surrogate not in ZOO:
+        raise UserError(f"unknown surrogate {settings.surrogate!r}; the zoo has {', '.join(sorted(ZOO))}")
+    if ZOO[settings.surrogate].needs_checkpoint and not settings.weights:
+        raise UserError(f"surrogate {settings.surrogate!r} needs weights: give them with --weights PATH "
+                        f"({ZOO[settings.surrogate].weights})")
+
+
 def build_surrogate(settings: EnrollSettings):
     """The zoo model named by ``settings.surrogate`` (with ``weights``); refuses black boxes."""
     from opom.models.zoo import build_face_model
 
+    preflight_surrogate(settings)
     spec = {"name": settings.surrogate, "arch": settings.surrogate, "checkpoint": settings.weights}
     model = build_face_model(spec)
     if not getattr(model, "differentiable", True):
@@ -150,14 +193,40 @@ def build_surrogate(settings: EnrollSettings):
     return model, spec
 
 
-def craft_mask(crops: torch.Tensor, surrogate: torch.nn.Module, settings: EnrollSettings, progress: bool = True
-               ) -> torch.Tensor:
+def grey_input(model):
+    """``model`` seeing the luminance of its input (BT.601 luma in all three channels): a torch module."""
+    import torch
+    from torch import nn
+
+    class GreyInput(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.register_buffer("weights", torch.tensor(LUMA).view(1, 3, 1, 1))
+
+        def forward(self, x):
+            return self.inner((x * self.weights).sum(1, keepdim=True).expand(-1, 3, -1, -1))
+
+    return GreyInput(model)
+
+
+def to_grey(crops):
+    """uint8 crops (N, 3, H, W) -> their luma (rounded) in all three channels, uint8."""
+    import torch
+
+    luma = (crops.float() * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True).round().clamp(0, 255)
+    return luma.to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+
+
+def craft_mask(crops, surrogate, settings: EnrollSettings, progress: bool = True):
     """One mask (3, H, W) in [0, 1] units for the aligned crops (N, 3, H, W) uint8 of one person."""
     import lightning as L
     from torch.utils.data import DataLoader
 
+    from opom.attack import ATTACKS
     from opom.data.protection import IdentityChunks
     from opom.logs import quiet_lightning
+    from opom.methods import METHODS
     from opom.module import MaskCrafter
 
     method = METHODS[settings.method](**settings.method_options)
@@ -177,20 +246,27 @@ def craft_mask(crops: torch.Tensor, surrogate: torch.nn.Module, settings: Enroll
     return module.masks.detach().cpu()[0]
 
 
-@torch.no_grad()
-def embed(model: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
+def embed(model, crops):
     """L2-normalised embeddings (N, D) of uint8 crops (N, 3, H, W)."""
+    import torch
+    import torch.nn.functional as F
+
     device = next(model.parameters(), torch.zeros(0)).device
-    return F.normalize(model(crops.to(device).float() / 255.0).float().cpu(), dim=1)
+    with torch.no_grad():
+        return F.normalize(model(crops.to(device).float() / 255.0).float().cpu(), dim=1)
 
 
-def whitebox_check(model, crops: torch.Tensor, mask: torch.Tensor, threshold: float | None) -> dict:
+def whitebox_check(model, crops, mask, threshold: float | None, centre=None) -> dict:
     """The surrogate's cosine similarity of clean and masked enrolment faces to the clean mean embedding.
 
-    Masked faces are ``uint8(clip(x + mask))`` as the framework's evaluation applies masks.
+    Masked faces are ``uint8(clip(x + mask))`` as the framework's evaluation applies masks. ``centre``: the
+    reference embedding (default: the mean of ``crops``' own embeddings).
     """
+    import torch
+    import torch.nn.functional as F
+
     clean = embed(model, crops)
-    centre = F.normalize(clean.mean(0), dim=0)
+    centre = F.normalize(clean.mean(0), dim=0) if centre is None else centre
     masked = (crops.float() + mask[None] * 255.0).clamp(0, 255).to(torch.uint8)
     prot = embed(model, masked)
     return {"clean_mean": round(float((clean @ centre).mean()), 4),
@@ -199,62 +275,142 @@ def whitebox_check(model, crops: torch.Tensor, mask: torch.Tensor, threshold: fl
             "threshold": threshold}
 
 
+def find_outliers(embeddings: np.ndarray, names: list[str], threshold: float | None) -> dict[str, str]:
+    """Photos that match fewer than half of the other enrolment photos (cosine < ``threshold``), with why."""
+    n = len(names)
+    if threshold is None or n < 2:
+        return {}
+    sims = np.asarray(embeddings) @ np.asarray(embeddings).T
+    out = {}
+    for i in range(n):
+        others = np.delete(sims[i], i)
+        matches = int((others >= threshold).sum())
+        if matches < (n - 1) / 2:
+            out[names[i]] = (f"may show someone else: it matches {matches} of the {n - 1} other photo(s) (median "
+                             f"similarity {float(np.median(others)):.2f} < threshold {threshold:.3f}); remove it "
+                             "unless it is the same person")
+    return out
+
+
+def _check_failure(check: dict, what: str) -> str | None:
+    thr = check.get("threshold")
+    if thr is None:
+        return None
+    per = check["protected_per_photo"]
+    still = [v for v in per if v >= thr]
+    if not still:
+        return None
+    return f"{what}: {len(still)} of {len(per)} masked photo(s) still match (worst {max(still):.3f} >= {thr:.3f})"
+
+
+FAILED_FIX = "use more --iterations or a larger --eps, or --force to keep the mask anyway"
+
+
+def default_name(inputs: list[str | Path], out: Path) -> str:
+    """The person's name when none is given: the folder's name when one folder is given, else the mask file's name
+    (``me.safetensors`` -> ``me``)."""
+    first = Path(inputs[0]).expanduser().resolve()
+    return first.name if len(inputs) == 1 and first.is_dir() else Path(out).name.split(".")[0]
+
+
 def enroll(inputs: list[str | Path] | str | Path, out: str | Path, name: str | None = None,
            settings: EnrollSettings | None = None, surrogate=None, threshold: float | None = None,
            detector=None, overwrite: bool = False, preview: bool = True, progress: bool = True,
-           quiet: bool = False) -> EnrollResult:
+           quiet: bool = False, force: bool = False) -> EnrollResult:
     """Craft the mask of the person in ``inputs`` (photos or folders) and save it to ``out`` (safetensors).
 
-    ``surrogate``: a ready model (RGB [0, 1] aligned crops -> embeddings) instead of building
-    ``settings.surrogate`` from the zoo; ``threshold`` is then its cosine verification threshold (for ``match``).
+    ``name``: the person's name in the file (default: the folder's name when one folder is given, else the mask
+    file's name: ``me.safetensors`` -> ``me``). ``surrogate``: a ready model (RGB [0, 1] aligned crops ->
+    embeddings) instead of building ``settings.surrogate`` from the zoo; ``threshold`` is then its cosine
+    verification threshold (for ``match``, the outlier warning and the white-box check). Raises :class:`WeakMask`
+    (nothing written) when the white-box check fails, unless ``force``.
     """
     settings = (settings or EnrollSettings()).validate()
+    set_max_pixels(settings.max_pixels)
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     out = Path(out).expanduser()
     if out.suffix != ".safetensors":
         raise UserError(f"the mask file must end in .safetensors, got {str(out)!r}")
+    if out.is_dir():
+        raise UserError(f"{str(out)!r} is a folder: give the mask file's name, e.g. {out / 'me.safetensors'}")
     if out.exists() and not overwrite:
         raise UserError(f"{str(out)!r} exists; choose another --out or pass --overwrite to replace it")
-    files = collect_photos(list(inputs))
+    check_output_folder(out.parent, "folder of the mask file")
+    if settings.surrogate != "sface" or settings.weights:  # other surrogates: check them before any photo is read
+        preflight_surrogate(settings)
+    walk_skipped: dict[str, str] = {}
+    files = collect_photos(list(inputs), walk_skipped)
     if not files:
-        raise UserError(f"no photos in {', '.join(map(str, inputs))}")
-    if name is None:
-        first = Path(inputs[0]).expanduser().resolve()
-        name = first.name if first.is_dir() else out.name.split(".")[0]
+        why = "; ".join(f"{k}: {v}" for k, v in list(walk_skipped.items())[:5])
+        raise UserError(f"no photos in {', '.join(map(str, inputs))}" + (f" ({why})" if why else ""))
+    name = default_name(inputs, out) if name is None else name
     start = time.perf_counter()
+    if detector is None:
+        detector = settings.detect.build()
     crops, used, skipped = aligned_faces(files, detector, settings.detect)
+    skipped = walk_skipped | skipped
     if not crops:
         why = "; ".join(f"{Path(k).name}: {v}" for k, v in list(skipped.items())[:5])
         raise UserError(f"no usable face in the {len(files)} photo(s) given ({why}); use clear, front-facing "
                         "photos of the person")
+    import torch
+    import torch.nn.functional as F
+
+    from opom.masks import MaskSet, save_masks, save_preview
+
+    settings.validate_names()
     spec = None
     if surrogate is None:
         surrogate, spec = build_surrogate(settings)
         threshold = surrogate.preprocessing.threshold
     images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+    clean = embed(surrogate, images)
+    outliers = find_outliers(clean.numpy(), used, threshold)
+    for path, why in outliers.items():  # now, before the crafting: the user may stop and remove the photo
+        log.warning(f"warning: {path} {why}")
+    centre = F.normalize(clean.mean(0), dim=0)
     mask = craft_mask(images, surrogate, settings, progress)
     check = whitebox_check(surrogate, images, mask, threshold)
-    clean = embed(surrogate, images)
+    failures = [_check_failure(check, "colour mask")]
+    luminance = None
+    if settings.luminance:
+        grey = to_grey(images)
+        lum3 = craft_mask(grey, grey_input(surrogate), settings, progress)
+        luminance = (lum3 * torch.tensor(LUMA).view(3, 1, 1)).sum(0, keepdim=True).clamp(-settings.eps / 255.0,
+                                                                                         settings.eps / 255.0)
+        check["grey"] = whitebox_check(surrogate, grey, luminance.expand(3, -1, -1), threshold, centre)
+        failures.append(_check_failure(check["grey"], "luminance mask (grey photos)"))
+    failed = "; ".join(f for f in failures if f) or None
+    if failed:
+        failed = f"the mask does not fool its own surrogate ({settings.surrogate}) on your photos: {failed}"
+    detector_used = getattr(detector, "name", type(detector).__name__)
     extra = {"enroll": {"photos": len(used), "sources": [Path(u).name for u in used],
-                        "skipped": {Path(k).name: v for k, v in skipped.items()}, "whitebox": check,
-                        "iterations": settings.iterations, "time_s": round(time.perf_counter() - start, 2)}}
+                        "skipped": {Path(k).name: v for k, v in skipped.items()},
+                        "outliers": {Path(k).name: v for k, v in outliers.items()}, "whitebox": check,
+                        "detector": detector_used, "iterations": settings.iterations, "forced": bool(failed),
+                        "time_s": round(time.perf_counter() - start, 2)}}
     if spec is not None and threshold is not None:
         extra["match"] = {"model": spec, "threshold": float(threshold),
-                          "embedding": [round(float(v), 6) for v in F.normalize(clean.mean(0), dim=0)]}
+                          "embedding": [round(float(v), 6) for v in centre]}
     tpl = get_template(TEMPLATE)
     ms = MaskSet(masks=mask[None].contiguous(), identities=[name], surrogate=settings.surrogate,
                  method=settings.method, attack=settings.attack, eps=float(settings.eps), image_size=tpl.width,
-                 template=TEMPLATE, template_points=tpl.points, extra=extra)
+                 template=TEMPLATE, template_points=tpl.points, extra=extra,
+                 luminance=None if luminance is None else luminance[None].contiguous())
+    result = EnrollResult(out, None, ms, used, skipped, check, outliers, failed, written=not failed or force)
+    if failed and not force:
+        if not quiet:
+            print(result.summary())
+        raise WeakMask(f"{failed}; nothing was written to {out}: {FAILED_FIX}", result)
     save_masks(out, ms)
-    preview_path = None
     if preview:
-        preview_path = save_preview(out.with_name(out.name.removesuffix(".safetensors") + "_preview.png"),
-                                    ms.masks, ms.eps)
-    result = EnrollResult(out, preview_path, ms, used, skipped, check)
+        result.preview = save_preview(out.with_name(out.name.removesuffix(".safetensors") + "_preview.png"),
+                                      ms.masks, ms.eps)
     if len(used) < 3 and not quiet:
         print(f"note: only {len(used)} photo(s) of {name!r}; 3-10 varied photos make a mask that carries over "
               "better to new photos")
     if not quiet:
         print(result.summary())
     return result
+

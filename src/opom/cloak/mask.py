@@ -29,6 +29,7 @@ class PersonMask:
     template_name: str
     masks: MaskSet
     path: str = ""
+    luminance: np.ndarray | None = None  # (h, w, 1) float32 grey levels: the mask for grey photos, if enrolled so
 
     @property
     def match(self) -> dict | None:
@@ -62,12 +63,12 @@ def check_template(ms: MaskSet, template_name: str, where: str = "the mask") -> 
 
 def load_person_mask(path: str | Path, identity: str | None = None, template: str = "arcface_112") -> PersonMask:
     """Load a mask file and pick one person's mask (``identity``, or the only one in the file)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"mask file {str(path)!r} does not exist: make one with `opom enroll PHOTOS... --out "
-                        f"{path.name}`")
+    from opom.data.inputs import check_input_file
+
+    path = check_input_file(path, "mask file", f"give the .safetensors file that `opom enroll PHOTOS... --out "
+                                               f"{Path(path).name}` wrote")
     try:
-        ms = load_masks(path)
+        ms = load_masks(path, framework="numpy")  # numpy: protect starts without torch
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - safetensors raises several types on a foreign/corrupt file
@@ -83,10 +84,15 @@ def load_person_mask(path: str | Path, identity: str | None = None, template: st
     elif identity not in ms.identities:
         raise UserError(f"mask file {str(path)!r} has no mask for {identity!r}; it has: "
                         f"{', '.join(ms.identities[:10])}")
-    delta = ms.mask_for(identity).detach().float().cpu().permute(1, 2, 0).numpy() * 255.0
-    bound = float(np.abs(delta).max()) if delta.size else 0.0
-    if bound > ms.eps + 1e-3:
-        raise UserError(f"mask file {str(path)!r} is inconsistent: its mask reaches {bound:.2f} grey levels but "
-                        f"declares eps {ms.eps}; enroll again")
+    index = ms.identities.index(identity)
+    delta = np.asarray(ms.masks[index], np.float32).transpose(1, 2, 0) * 255.0
+    luminance = None
+    if ms.luminance is not None:
+        luminance = np.ascontiguousarray(np.asarray(ms.luminance[index], np.float32).transpose(1, 2, 0) * 255.0)
+    for name, value in (("mask", delta), ("luminance mask", luminance)):
+        bound = float(np.abs(value).max()) if value is not None and value.size else 0.0
+        if bound > ms.eps + 1e-3:
+            raise UserError(f"mask file {str(path)!r} is inconsistent: its {name} reaches {bound:.2f} grey levels "
+                            f"but declares eps {ms.eps}; enroll again")
     return PersonMask(identity, np.ascontiguousarray(delta, dtype=np.float32), float(ms.eps), tpl, template, ms,
-                      str(path))
+                      str(path), luminance)

@@ -261,8 +261,10 @@ def _protect_video(protector, source: Path, output: Path, progress: bool) -> dic
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    st = output.stat()  # recorded so that a later run recognises its own output (outcome "done")
     return entry | measured | {"outcome": "protected", "reason": None, "output": str(output), "audio_streams": audio,
-                               "codec": "h264", "crf": settings.crf, "pix_fmt": settings.pix_fmt}
+                               "codec": "h264", "crf": settings.crf, "pix_fmt": settings.pix_fmt,
+                               "output_size": st.st_size, "output_mtime_ns": st.st_mtime_ns}
 
 
 def _choose_tracks(protector, tracks: list[Track], how: str) -> list[int]:

@@ -15,8 +15,9 @@
 - Multi-frame files (GIF, TIFF) give their first frame (noted).
 - Anything that cannot be read raises :class:`PhotoError` with ``outcome`` one of ``not_an_image`` (no decoder
   recognises the content: a text file named .jpg, an empty file), ``unreadable`` (a recognised image that cannot be
-  decoded: truncated, corrupt, unsupported variant, permission denied) or ``too_large`` (over Pillow's
-  decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS`` x 2).
+  decoded: truncated, corrupt, unsupported variant, permission denied) or ``too_large`` (over the pixel limit of
+  :mod:`opom.data.inputs`, checked before decoding); with ``policy=True`` (the commands) also ``unsupported``: a
+  photo outside the one input policy of :mod:`opom.data.inputs` (palette, animated, ...).
 
 Huge photos are read at full resolution; :func:`detection_view` makes the downscaled copy used for face detection
 and :func:`to_full_resolution` maps points found on it back to the full-resolution (source) coordinates.
@@ -25,16 +26,15 @@ and :func:`to_full_resolution` maps points found on it back to the full-resoluti
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from opom.errors import DatasetError
 
-PHOTO_OUTCOMES = ("not_an_image", "unreadable", "too_large")
+PHOTO_OUTCOMES = ("not_an_image", "unreadable", "too_large", "unsupported")
 
 # magic bytes of image formats: a file that starts like this but does not decode is `unreadable`, not `not_an_image`
 _MAGIC = (
@@ -43,13 +43,13 @@ _MAGIC = (
     (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
 )
 _FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"hevc": "HEIC"}
-_FIXES = {"HEIC": "pip install pillow-heif (and register it) or convert the file to JPEG",
+FIXES = {"HEIC": "pip install pillow-heif (and register it) or convert the file to JPEG",
           "HEIF": "pip install pillow-heif (and register it) or convert the file to JPEG",
           "AVIF": "use Pillow >= 11.2 built with AVIF, or convert the file to JPEG"}
 
 
 class PhotoError(DatasetError):
-    """A file that cannot be used as a photo. ``outcome``: ``not_an_image``, ``unreadable`` or ``too_large``."""
+    """A file that cannot be used as a photo. ``outcome``: one of :data:`PHOTO_OUTCOMES`."""
 
     def __init__(self, path: str, outcome: str, reason: str):
         self.path, self.outcome, self.reason = str(path), outcome, reason
@@ -90,10 +90,11 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def read_photo(path: str | Path, icc: bool = True) -> tuple[np.ndarray, PhotoInfo]:
+def read_photo(path: str | Path, icc: bool = True, policy: bool = False) -> tuple[np.ndarray, PhotoInfo]:
     """``(rgb uint8 HxWx3, info)`` for an image file; raises :class:`PhotoError` for anything unusable.
 
-    The file is only ever opened for reading.
+    The file is only ever opened for reading. ``policy``: refuse photos outside the commands' input policy
+    (:func:`opom.data.inputs.policy_reason`); without it any image Pillow decodes is read (datasets of crops).
     """
     path = Path(path)
     try:
@@ -104,16 +105,19 @@ def read_photo(path: str | Path, icc: bool = True) -> tuple[np.ndarray, PhotoInf
     except OSError as err:
         raise PhotoError(path, "unreadable", f"cannot read the file ({err.strerror or err}); check it exists and "
                                              "that you may read it") from err
-    return read_photo_bytes(data, name=str(path), icc=icc)
+    return read_photo_bytes(data, name=str(path), icc=icc, policy=policy)
 
 
-def read_photo_bytes(data: bytes, name: str = "<bytes>", icc: bool = True) -> tuple[np.ndarray, PhotoInfo]:
+def read_photo_bytes(data: bytes, name: str = "<bytes>", icc: bool = True, policy: bool = False
+                     ) -> tuple[np.ndarray, PhotoInfo]:
     """:func:`read_photo` for the encoded bytes of a file (``name`` is used in messages)."""
-    if not data:
-        raise PhotoError(name, "not_an_image", "empty file (0 bytes)")
+    from opom.data.inputs import open_image, quiet_pillow
+
+    img = open_image(data, name, policy=policy)
     sniffed = sniff_format(data)
     try:
-        return _decode(data, name, icc, sniffed)
+        with quiet_pillow():
+            return _decode(img, name, icc)
     except PhotoError:
         raise
     except MemoryError as err:
@@ -124,42 +128,26 @@ def read_photo_bytes(data: bytes, name: str = "<bytes>", icc: bool = True) -> tu
                                              "probably truncated or corrupt: re-export or re-download it") from err
 
 
-def _decode(data: bytes, name: str, icc: bool, sniffed: str | None) -> tuple[np.ndarray, PhotoInfo]:
+def _decode(img: Image.Image, name: str, icc: bool) -> tuple[np.ndarray, PhotoInfo]:
+    from opom.data.inputs import load_image
+
     notes = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            img = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as err:
-            raise PhotoError(name, "too_large", f"{err} Downscale the photo, or raise PIL.Image.MAX_IMAGE_PIXELS "
-                                                "if you trust it") from err
-        except UnidentifiedImageError as err:
-            if sniffed in _FIXES:
-                raise PhotoError(name, "unreadable", f"a {sniffed} photo, which this Pillow cannot decode: "
-                                                     f"{_FIXES[sniffed]}") from err
-            if sniffed:
-                raise PhotoError(name, "unreadable", f"starts like a {sniffed} file but cannot be decoded; it is "
-                                                     "probably truncated or corrupt: re-export or re-download it"
-                                 ) from err
-            raise PhotoError(name, "not_an_image", f"not an image file (no decoder recognises it; it starts with "
-                                                   f"{data[:12]!r})") from err
-        fmt, mode = img.format, img.mode
-        stored_w, stored_h = img.size
-        frames = int(getattr(img, "n_frames", 1) or 1)
-        if frames > 1:
-            notes.append(f"{frames} frames; the first one is used")
-        bit_depth = _bit_depth(img)
-        img.load()
-        orientation = 1
-        try:
-            orientation = int(img.getexif().get(0x0112, 1) or 1)
-            img = ImageOps.exif_transpose(img)
-        except Exception as err:  # noqa: BLE001 - malformed EXIF: keep the stored orientation
-            notes.append(f"EXIF orientation ignored ({type(err).__name__}: {err})")
-        img, alpha = _flatten_alpha(img)
-        img, icc_note = _to_srgb(img, icc)
-        rgb = _to_rgb_array(img, bit_depth, notes)
-    notes.extend(str(w.message) for w in caught if issubclass(w.category, Image.DecompressionBombWarning))
+    fmt, mode = img.format, img.mode
+    stored_w, stored_h = img.size
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    if frames > 1:
+        notes.append(f"{frames} frames; the first one is used")
+    bit_depth = _bit_depth(img)
+    load_image(img, name)
+    orientation = 1
+    try:
+        orientation = int(img.getexif().get(0x0112, 1) or 1)
+        img = ImageOps.exif_transpose(img)
+    except Exception as err:  # noqa: BLE001 - malformed EXIF: keep the stored orientation
+        notes.append(f"EXIF orientation ignored ({type(err).__name__}: {err})")
+    img, alpha = _flatten_alpha(img)
+    img, icc_note = _to_srgb(img, icc)
+    rgb = _to_rgb_array(img, bit_depth, notes)
     info = PhotoInfo(path=name, format=fmt, mode=mode, width=rgb.shape[1], height=rgb.shape[0],
                      stored_width=stored_w, stored_height=stored_h, exif_orientation=orientation,
                      bit_depth=bit_depth, frames=frames, alpha=alpha, icc=icc_note, notes=notes)

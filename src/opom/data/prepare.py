@@ -1,4 +1,4 @@
-"""``prepare``: folders of real photos -> aligned face crops plus a manifest of everything that happened.
+"""``prepare`` (``opom-prepare``): folders of real photos -> aligned face crops plus a manifest of everything.
 
 Input: ``<input>/<identity>/<photos>`` (sub-folders of an identity are walked too), or a flat folder of photos (one
 identity named after the folder). Output: ``<output>/<identity>/<stem>.png`` (``<stem>_<k>.png`` for
@@ -8,7 +8,11 @@ identity named after the folder). Output: ``<output>/<identity>/<stem>.png`` (``
 - a later entry for the same source supersedes earlier ones (:func:`load_manifest` keeps the latest);
 - a re-run skips files whose entry has the same content (size + mtime, else sha256) and settings and a final
   outcome (all but ``error``) and whose crops still exist: re-running does no work, and an interrupted run resumes;
-- crops are written atomically (temp file + ``os.replace``) before their entry is appended and flushed.
+- crops are written atomically (temp file + ``os.replace``) before their entry is appended and flushed;
+- which files are photos is the one input policy of every command (:mod:`opom.data.inputs`): formats, modes,
+  the pixel limit (``max_pixels``), hidden files, links leading outside the input (recorded as ``ignored`` with
+  nothing about their target) and videos are decided there, and each such file gets an entry with its reason;
+- faces are found by YuNet (default; no torch) or MTCNN (``detector``), see :mod:`opom.data.detectors`.
 
 Source coordinates (boxes, landmarks, transforms) refer to the upright photo, after its EXIF orientation
 (see :mod:`opom.data.photos`). The 2x3 ``transform`` maps those to crop pixels; invert it to paste back.
@@ -17,6 +21,7 @@ Source coordinates (boxes, landmarks, transforms) refer to the upright photo, af
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -36,6 +41,8 @@ import numpy as np
 
 from opom import __version__
 from opom.data.alignment import get_template, warp_to_template
+from opom.data.detectors import DEFAULT_DETECTOR, MTCNNDetector, build_detector, detector_name
+from opom.data.inputs import check_output_folder, is_video, link_reason, set_max_pixels
 from opom.data.photos import PhotoError, detection_view, read_photo_bytes, to_full_resolution
 from opom.errors import UserError
 
@@ -51,8 +58,11 @@ OUTCOMES = {
     "too_small": "faces found, but all smaller than min_face_size (shorter box side, source pixels)",
     "not_an_image": "no decoder recognises the file (a text file named .jpg, an empty file, ...)",
     "unreadable": "a recognised image that cannot be decoded (truncated, corrupt, permission denied, ...)",
-    "too_large": "over the decompression-bomb pixel limit, or out of memory while decoding",
-    "ignored": "a hidden file (name starting with '.'); not read",
+    "too_large": "over the pixel limit (--max-pixels, checked before decoding), or out of memory while decoding",
+    "unsupported": "an image outside the input policy (palette, animated, 1-bit, ...) or a video; the reason names "
+                   "the fix",
+    "ignored": "a hidden file (name starting with '.'), or a link leading outside the input (not followed, nothing "
+               "about its target recorded)",
     "error": "unexpected failure (a bug, or a crashed worker); retried on the next run",
 }
 RETRIED_OUTCOMES = ("error",)
@@ -64,11 +74,13 @@ class PrepareSettings:
 
     choose: str = "largest"
     min_face_size: int = 32  # shorter side of the face box, in source pixels
-    min_score: float = 0.9  # MTCNN face probability
+    min_score: float | None = None  # the detector's face score; None: its own default (YuNet 0.6, MTCNN 0.9)
     max_side: int = 1024  # photos are downscaled to this longer side for detection (crops use full resolution)
     template: str = "arcface_112"
     aligned: bool = False  # every photo is an aligned crop already
     border: str = "constant"
+    detector: str = DEFAULT_DETECTOR  # yunet | mtcnn
+    max_pixels: int | None = None  # photos larger than this are too_large (None: the default limit)
     version: int = PREPARE_VERSION
 
     def validate(self) -> PrepareSettings:
@@ -76,14 +88,21 @@ class PrepareSettings:
             raise UserError(f"choose must be one of {', '.join(CHOICES)}, got {self.choose!r}")
         if self.min_face_size < 0:
             raise UserError(f"min_face_size must be >= 0 pixels, got {self.min_face_size}")
-        if not 0 <= self.min_score <= 1:
-            raise UserError(f"min_score must be a probability in [0, 1], got {self.min_score}")
+        if self.min_score is not None and not 0 <= self.min_score <= 1:
+            raise UserError(f"min_score must lie in [0, 1], got {self.min_score}")
+        detector_name(self.detector)
         if self.max_side < 64:
             raise UserError(f"max_side must be at least 64 pixels, got {self.max_side}")
         if self.border not in ("constant", "replicate"):
             raise UserError(f"border must be 'constant' or 'replicate', got {self.border!r}")
         get_template(self.template)
         return self
+
+    @property
+    def score_threshold(self) -> float:
+        from opom.data.detectors import MIN_SCORE
+
+        return float(self.min_score) if self.min_score is not None else MIN_SCORE[self.detector]
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
@@ -98,6 +117,7 @@ class PhotoJob:
     relpath: str
     identity: str
     stem: str  # output name without suffix, unique per source within its identity folder unless claimed
+    skip: tuple[str, str] | None = None  # (outcome, reason) decided from the path alone: nothing is read
 
 
 @dataclass
@@ -186,10 +206,12 @@ def scan_photos(input_root: str | Path, exclude: Path | None = None) -> tuple[li
     notes: list[str] = []
     children = sorted(root.iterdir())
     if exclude is not None:
-        children = [c for c in children if c.resolve() != exclude]
-    folders = [c for c in children if c.is_dir() and not c.name.startswith(".")]
-    files = [c for c in children if c.is_file()]
-    hidden = [c.name for c in children if c.is_dir() and c.name.startswith(".")]
+        children = [c for c in children if c.is_symlink() or c.resolve() != exclude]
+    linked = [c for c in children if c.is_dir() and c.is_symlink()]  # listed as files: recorded, not followed
+    folders = [c for c in children if c.is_dir() and not c.is_symlink() and not c.name.startswith(".")]
+    files = [c for c in children if (c.is_file() or c.is_symlink()) and not (c.is_dir() and not c.is_symlink())]
+    files = sorted(set(files) | set(linked))
+    hidden = [c.name for c in children if c.is_dir() and not c.is_symlink() and c.name.startswith(".")]
     groups: list[tuple[str, Path, list[Path]]] = []
     if files:
         if folders:
@@ -201,12 +223,14 @@ def scan_photos(input_root: str | Path, exclude: Path | None = None) -> tuple[li
             here = Path(dirpath)
             keep = []
             for d in sorted(dirnames):
-                if d.startswith(".") or (exclude is not None and (here / d).resolve() == exclude):
+                if (here / d).is_symlink():
+                    found.append(here / d)  # a linked folder: recorded as ignored, not followed
+                elif d.startswith(".") or (exclude is not None and (here / d).resolve() == exclude):
                     hidden.append(str((here / d).relative_to(root)))
                 else:
                     keep.append(d)
             dirnames[:] = keep
-            found += [here / n for n in sorted(filenames) if (here / n).is_file()]
+            found += [here / n for n in sorted(filenames) if (here / n).is_file() or (here / n).is_symlink()]
         groups.append((folder.name, folder, found))
     if hidden:
         notes.append(f"not walked (hidden or the output folder): {', '.join(sorted(hidden)[:5])}"
@@ -216,7 +240,11 @@ def scan_photos(input_root: str | Path, exclude: Path | None = None) -> tuple[li
         for path in sorted(paths):
             rel_in_identity = path.relative_to(folder)
             stem = "_".join(rel_in_identity.parent.parts + (rel_in_identity.stem or rel_in_identity.name,))
-            jobs.append(PhotoJob(str(path), path.relative_to(root).as_posix(), identity, stem))
+            why = link_reason(path, root)
+            skip = ("ignored", why) if why else None
+            if skip is None and is_video(path):
+                skip = ("unsupported", "a video: prepare takes photos")
+            jobs.append(PhotoJob(str(path), path.relative_to(root).as_posix(), identity, stem, skip))
     return jobs, notes
 
 
@@ -231,33 +259,12 @@ def sha256_file(path: str | Path) -> str:
 # ------------------------------------------------------------------------------------------------ detection
 
 
-class FaceDetector:
-    """facenet-pytorch's MTCNN (weights ship in the wheel) as ``detect(rgb) -> (boxes, scores, landmarks)``.
-
-    ``boxes`` (N, 4) x0, y0, x1, y1; ``scores`` (N,); ``landmarks`` (N, 5, 2): eyes, nose tip, mouth corners.
-    """
-
-    def __init__(self, device: str = "cpu", min_size: int = 20):
-        from facenet_pytorch import MTCNN
-
-        self.min_size = min_size
-        self.mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_size, post_process=False)
-
-    def detect(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        empty = np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
-        if min(rgb.shape[:2]) < self.min_size:
-            return empty
-        boxes, scores, landmarks = self.mtcnn.detect(rgb, landmarks=True)
-        if boxes is None or len(boxes) == 0:
-            return empty
-        # numpy 2: facenet-pytorch returns object-dtype arrays
-        return (np.asarray(np.asarray(boxes).tolist(), float).reshape(-1, 4),
-                np.asarray(np.asarray(scores).tolist(), float).reshape(-1),
-                np.asarray(np.asarray(landmarks).tolist(), float).reshape(-1, 5, 2))
+FaceDetector = MTCNNDetector  # facenet-pytorch's MTCNN (see opom.data.detectors)
 
 
-def default_detector(device: str = "cpu") -> FaceDetector:
-    return FaceDetector(device=device)
+def default_detector(device: str = "cpu"):
+    """The default face detector (YuNet; MTCNN when the zoo extra is missing), see :mod:`opom.data.detectors`."""
+    return build_detector(DEFAULT_DETECTOR, device)
 
 
 def _choose(boxes: np.ndarray, image_size: tuple[int, int], how: str) -> list[int]:
@@ -289,6 +296,8 @@ def process_photo(job: PhotoJob, settings: PrepareSettings, detector) -> dict:
 
 
 def _process(job: PhotoJob, settings: PrepareSettings, detector, entry: dict) -> dict:
+    if job.skip is not None:  # decided from the path: the file (or a link's target) is not read, not even stat'ed
+        return entry | {"outcome": job.skip[0], "reason": job.skip[1]}
     st = os.stat(job.path)
     entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
     if Path(job.path).name.startswith("."):
@@ -300,7 +309,7 @@ def _process(job: PhotoJob, settings: PrepareSettings, detector, entry: dict) ->
         return entry | {"outcome": "unreadable", "reason": f"cannot read the file ({err.strerror or err})"}
     entry["sha256"] = hashlib.sha256(data).hexdigest()
     try:
-        rgb, info = read_photo_bytes(data, name=job.path)
+        rgb, info = read_photo_bytes(data, name=job.path, policy=True)
     except PhotoError as err:
         return entry | {"outcome": err.outcome, "reason": err.reason}
     del data
@@ -333,9 +342,9 @@ def _faces(rgb: np.ndarray, settings: PrepareSettings, detector) -> dict:
     faces = [{"box": _r(b, 2), "score": round(float(s), 5), "landmarks": _r(p, 3)}
              for b, s, p in zip(boxes, scores, landmarks, strict=True)]
     result = {"detect_scale": round(float(sx), 6), "n_detections": len(faces), "faces": faces}
-    good = [i for i, s in enumerate(scores) if s >= settings.min_score]
+    good = [i for i, s in enumerate(scores) if s >= settings.score_threshold]
     if not good:
-        low = f" ({len(faces)} detections below score {settings.min_score})" if faces else ""
+        low = f" ({len(faces)} detections below score {settings.score_threshold})" if faces else ""
         return result | {"outcome": "no_face", "n_faces": 0, "reason": f"no face found{low}"}
     sizes = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     big = [i for i in good if sizes[i] >= settings.min_face_size]
@@ -361,31 +370,32 @@ def _faces(rgb: np.ndarray, settings: PrepareSettings, detector) -> dict:
 _WORKER: dict = {}
 
 
-def _init_worker(detector_factory: Callable, device: str, threads: int) -> None:
+def _init_worker(detector_factory: Callable, device: str, threads: int, max_pixels: int | None) -> None:
     import signal
 
-    import torch
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-
-    torch.set_num_threads(threads)
+    set_max_pixels(max_pixels)
     try:
         import cv2
 
-        cv2.setNumThreads(1)
+        cv2.setNumThreads(threads)
     except ImportError:  # pragma: no cover
         pass
     _WORKER["detector"] = detector_factory(device)
+    if "torch" in sys.modules:  # MTCNN
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _work(job: PhotoJob, settings: PrepareSettings) -> dict:
     return process_photo(job, settings, _WORKER["detector"])
 
 
-def _pool(workers: int, detector_factory, device: str) -> ProcessPoolExecutor:
+def _pool(workers: int, detector_factory, device: str, max_pixels: int | None = None) -> ProcessPoolExecutor:
     threads = max(1, (os.cpu_count() or 1) // workers)
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=(detector_factory, device, threads))
+                               initargs=(detector_factory, device, threads, max_pixels))
 
 
 def _run_pool(jobs: list[PhotoJob], settings, workers: int, detector_factory, device: str) -> Iterator[dict]:
@@ -394,7 +404,7 @@ def _run_pool(jobs: list[PhotoJob], settings, workers: int, detector_factory, de
     kills that one too gets an ``error`` entry."""
     queue, suspects = deque(jobs), []
     running: dict[Future, PhotoJob] = {}
-    pool = _pool(workers, detector_factory, device)
+    pool = _pool(workers, detector_factory, device, settings.max_pixels)
     try:
         while queue or running:
             broken = False
@@ -419,12 +429,12 @@ def _run_pool(jobs: list[PhotoJob], settings, workers: int, detector_factory, de
                     yield result
             if broken and not running and queue:
                 pool.shutdown(wait=True, cancel_futures=True)
-                pool = _pool(workers, detector_factory, device)
+                pool = _pool(workers, detector_factory, device, settings.max_pixels)
         pool.shutdown(wait=True)
         pool = None
         for job in suspects:
             if pool is None:
-                pool = _pool(1, detector_factory, device)
+                pool = _pool(1, detector_factory, device, settings.max_pixels)
             try:
                 result = pool.submit(_work, job, settings).result()
             except BrokenProcessPool:
@@ -465,7 +475,7 @@ class _Writer:
         for relpath, entry in previous.items():
             for crop in entry.get("crops", []):
                 self.claims[crop["path"].lower()] = relpath
-        self.file = _open_for_append(manifest_path)
+        self.manifest_path, self.file = manifest_path, None  # opened at the first entry: no empty manifest
         self.base = {"settings": asdict(settings), "settings_key": settings.key(), "opom_version": __version__}
 
     def _free(self, relpath: str, names: list[str]) -> bool:
@@ -492,6 +502,8 @@ class _Writer:
             if name not in new and self.claims.get(name.lower()) == job.relpath:
                 (self.root / name).unlink(missing_ok=True)
                 self.claims.pop(name.lower(), None)
+        if self.file is None:
+            self.file = _open_for_append(self.manifest_path)
         self.file.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self.file.flush()
         os.fsync(self.file.fileno())
@@ -499,7 +511,8 @@ class _Writer:
         return entry
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 # ------------------------------------------------------------------------------------------------ prepare
@@ -508,6 +521,8 @@ class _Writer:
 def _done(entry: dict | None, job: PhotoJob, key: str, output_root: Path) -> bool:
     if not entry or entry.get("settings_key") != key or entry.get("outcome") in RETRIED_OUTCOMES:
         return False
+    if job.skip is not None:  # decided from the path alone
+        return entry.get("outcome") == job.skip[0] and entry.get("reason") == job.skip[1]
     if entry.get("sha256") is None:  # the file could not even be read (permissions?): try again
         return False
     if not all((output_root / c["path"]).is_file() for c in entry.get("crops", [])):
@@ -521,15 +536,19 @@ def _done(entry: dict | None, job: PhotoJob, key: str, output_root: Path) -> boo
     return entry.get("size") == st.st_size and entry["sha256"] == sha256_file(job.path)
 
 
-def _auto_workers(n: int) -> int:
-    return max(1, min(os.cpu_count() or 1, 4, n // 8))
+def _auto_workers(n: int, detector: str = DEFAULT_DETECTOR) -> int:
+    """Worker processes for ``n`` photos: a worker costs ~1 s (YuNet) or ~5 s (MTCNN, torch) to start, so YuNet
+    (~0.1 s per photo) gains from a pool only for large batches (experiments/benchmarks/prepare_throughput.md)."""
+    per_worker = 64 if detector == "yunet" else 8
+    return max(1, min(os.cpu_count() or 1, 4, n // per_worker))
 
 
 def prepare(input_root: str | Path, output_root: str | Path, choose: str = "largest", workers: int | None = None,
             min_face_size: int = 32, max_side: int = 1024, resume: bool = True, aligned: bool = False,
-            min_score: float = 0.9, template: str = "arcface_112", border: str = "constant", device: str = "cpu",
-            progress: bool = True, quiet: bool = False,
-            detector_factory: Callable[[str], object] = default_detector) -> Manifest:
+            min_score: float | None = None, template: str = "arcface_112", border: str = "constant",
+            device: str = "cpu", progress: bool = True, quiet: bool = False,
+            detector_factory: Callable[[str], object] | None = None, detector: str = DEFAULT_DETECTOR,
+            max_pixels: int | None = None) -> Manifest:
     """Detect, choose and align the faces of every photo under ``input_root``; crops and manifest go to
     ``output_root``. Returns the :class:`Manifest` (latest entry of every input file).
 
@@ -538,12 +557,18 @@ def prepare(input_root: str | Path, output_root: str | Path, choose: str = "larg
     of photos to do. ``min_face_size``: shorter box side in source pixels. ``max_side``: longer side of the copy
     that detection sees. ``resume=False`` redoes every file (new entries supersede the old). ``aligned``: every
     photo is an aligned crop already (copied, resized to the template if needed); without it, photos of exactly
-    the template size are taken as aligned. ``detector_factory(device)`` builds a detector with ``detect(rgb)``
-    (see :class:`FaceDetector`); with workers > 1 it must be picklable (a module-level function).
+    the template size are taken as aligned. ``detector``: ``yunet`` (default) or ``mtcnn``; ``min_score``: its
+    score threshold (None: the detector's own default). ``detector_factory(device)`` builds another detector with
+    ``detect(rgb)``; with workers > 1 it must be picklable (a module-level function). ``max_pixels``: larger photos
+    are ``too_large`` (None: the default limit of :mod:`opom.data.inputs`).
     """
-    settings = PrepareSettings(choose=choose, min_face_size=int(min_face_size), min_score=float(min_score),
-                               max_side=int(max_side), template=template, aligned=bool(aligned),
-                               border=border).validate()
+    settings = PrepareSettings(choose=choose, min_face_size=int(min_face_size),
+                               min_score=None if min_score is None else float(min_score), max_side=int(max_side),
+                               template=template, aligned=bool(aligned), border=border, detector=detector,
+                               max_pixels=max_pixels).validate()
+    set_max_pixels(max_pixels)
+    if detector_factory is None:
+        detector_factory = functools.partial(build_detector, settings.detector)
     if workers is not None and workers < 1:
         raise UserError(f"workers must be >= 1, got {workers}")
     start = time.perf_counter()
@@ -558,11 +583,15 @@ def prepare(input_root: str | Path, output_root: str | Path, choose: str = "larg
     jobs, notes = scan_photos(input_resolved, exclude=output_root)
     if not jobs:
         raise UserError(f"no files under {str(input_resolved)!r} (expected <input>/<identity>/<photos>)")
+    check_output_folder(output_root)
     manifest_path = output_root / MANIFEST_NAME
+    if manifest_path.exists() and not os.access(manifest_path, os.W_OK):
+        raise UserError(f"cannot write to the manifest {str(manifest_path)!r} (permission denied): choose another "
+                        "output folder")
     previous = load_manifest(manifest_path)
     key = settings.key()
     todo = [j for j in jobs if not (resume and _done(previous.get(j.relpath), j, key, output_root))]
-    n_workers = _auto_workers(len(todo)) if workers is None else min(workers, max(1, len(todo)))
+    n_workers = _auto_workers(len(todo), settings.detector) if workers is None else min(workers, max(1, len(todo)))
     writer = _Writer(output_root, manifest_path, previous, settings)
     by_relpath = {j.relpath: j for j in todo}
     done = 0
@@ -571,8 +600,8 @@ def prepare(input_root: str | Path, output_root: str | Path, choose: str = "larg
 
         bar = tqdm(total=len(todo), unit="photo", desc="prepare", disable=not progress or not todo)
         if n_workers == 1:
-            detector = detector_factory(device) if todo else None
-            results = (process_photo(job, settings, detector) for job in todo)
+            built = detector_factory(device) if any(j.skip is None for j in todo) else None
+            results = (process_photo(job, settings, built) for job in todo)
         else:
             results = _run_pool(todo, settings, n_workers, detector_factory, device)
         try:
@@ -605,36 +634,71 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+EXIT_HELP = ("exit status: 0 the run finished (every file has a manifest entry; files that could not be used are "
+             "counted in the summary and named in the manifest, they do not change the status); 2 bad input (one "
+             "error line: a missing input, an output folder that is a file or not writable, bad options); 130 "
+             "Ctrl-C before the run finished (the manifest keeps what was done: run the same command to resume). "
+             "Once the summary is printed, Ctrl-C no longer changes the status.")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m opom.data.prepare",
+    import contextlib
+    import signal
+
+    from opom.data.inputs import megapixels
+
+    def mp(text: str) -> int:
+        try:
+            return megapixels(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parser = _Parser(prog="opom-prepare",
                      description="Align the faces of <input>/<identity>/<photos> to 112x112 crops in <output>, "
                                  "with a manifest (<output>/manifest.jsonl) of every file's outcome. Re-running "
-                                 "skips finished files and resumes an interrupted run.")
+                                 "skips finished files and resumes an interrupted run. Which files are photos is "
+                                 "the same policy as opom enroll / protect / check.", epilog=EXIT_HELP)
     parser.add_argument("input", help="folder of identity folders of photos (or one folder of photos)")
     parser.add_argument("output", help="folder for the crops and the manifest (created; must differ from input)")
     parser.add_argument("--choose", choices=CHOICES, default="largest",
                         help="which face of a photo: the largest, the most central, or all (default: largest)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: 1-4 by workload)")
     parser.add_argument("--aligned", action="store_true", help="the photos are aligned crops: copy, do not align")
+    parser.add_argument("--detector", choices=("yunet", "mtcnn"), default=DEFAULT_DETECTOR,
+                        help="face detector: yunet (OpenCV, fast; default) or mtcnn (facenet-pytorch)")
     parser.add_argument("--min-face-size", type=int, default=32, help="smallest face box side in pixels (32)")
-    parser.add_argument("--min-score", type=float, default=0.9, help="smallest MTCNN face probability (0.9)")
+    parser.add_argument("--min-score", type=float, default=None,
+                        help="smallest face score of the detector (default: yunet 0.6, mtcnn 0.9)")
     parser.add_argument("--max-side", type=int, default=1024, help="longer side of the detection copy (1024)")
+    parser.add_argument("--max-pixels", type=mp, default=None, metavar="MP",
+                        help="largest photo taken, in megapixels (default 200); larger ones are too_large, checked "
+                             "before decoding (decompression bombs)")
     parser.add_argument("--template", default="arcface_112", help="alignment template (default: arcface_112)")
     parser.add_argument("--border", choices=("constant", "replicate"), default="constant",
                         help="fill outside the photo: black (constant, as insightface) or edge pixels")
-    parser.add_argument("--device", default="cpu", help="device for MTCNN (cpu, cuda, cuda:1 ...)")
+    parser.add_argument("--device", default="cpu", help="device for --detector mtcnn (cpu, cuda, cuda:1 ...)")
     parser.add_argument("--no-resume", action="store_true", help="redo every file, even those already done")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    handler = signal.getsignal(signal.SIGINT)
     try:
-        prepare(args.input, args.output, choose=args.choose, workers=args.workers, min_face_size=args.min_face_size,
-                max_side=args.max_side, resume=not args.no_resume, aligned=args.aligned, min_score=args.min_score,
-                template=args.template, border=args.border, device=args.device, progress=not args.no_progress)
+        manifest = prepare(args.input, args.output, choose=args.choose, workers=args.workers,
+                           min_face_size=args.min_face_size, max_side=args.max_side, resume=not args.no_resume,
+                           aligned=args.aligned, min_score=args.min_score, template=args.template,
+                           border=args.border, device=args.device, progress=not args.no_progress, quiet=True,
+                           detector=args.detector, max_pixels=args.max_pixels)
+        with contextlib.suppress(ValueError):  # done and recorded: Ctrl-C from here on changes nothing
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print(manifest.summary())
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if argv is not None and handler is not None:  # called from Python: give Ctrl-C back
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGINT, handler)
     return 0
 
 
