@@ -138,7 +138,7 @@ def test_protect_through_the_page_matches_the_api_and_shows_before_after(tmp_pat
             zb = np.asarray(Image.open(io.BytesIO(await (await client.get(card["pictures"]["zoom_before"])).read())))
             za = np.asarray(Image.open(io.BytesIO(await (await client.get(card["pictures"]["zoom_after"])).read())))
             assert zb.shape == za.shape and (zb != za).any()  # the zoom shows the face, changed by the mask
-            assert "protect: 1 file(s): protected 1" in status["output"]  # the command line's own summary
+            assert "protect: 1 path(s): protected 1" in status["output"]  # the command line's own summary
             assert str(tmp_path) not in status["output"]  # ...without the server's temporary folders
             import zipfile
 

@@ -16,6 +16,24 @@ from opom.methods import Method
 from opom.transforms import RandomTransforms
 
 ENSEMBLE_WEIGHTINGS = ("distance", "gradient")
+REGIONS = ("full", "face")
+
+
+def transfer_options(canvas, ensemble: str = "distance", transforms=(), transform_p: float = 0.5,
+                     transform_params: dict | None = None, region: str = "full", chroma: float = 1.0,
+                     seed: int = 0) -> dict:
+    """The crafter's transfer-extension keyword arguments (``transforms``, ``ensemble``, ``budget``) from plain
+    settings, for images on ``canvas`` (:class:`~opom.data.alignment.Canvas`): the one place the pipeline
+    (``crafting.*``), enrolment and refinement turn settings into crafting options."""
+    from opom.data.alignment import face_region
+
+    if region not in REGIONS:
+        raise ConfigError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
+    budget = Budget(torch.from_numpy(face_region(canvas)) if region == "face" else None, float(chroma))
+    params = transform_params or {}
+    chosen = RandomTransforms({n: params.get(n, {}) for n in transforms or ()}, p=float(transform_p), seed=seed,
+                              pixels_per_canonical=canvas.scale)
+    return {"transforms": chosen, "ensemble": ensemble, "budget": budget}
 
 
 class MaskCrafter(L.LightningModule):

@@ -19,8 +19,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from opom.attack import Budget
-from opom.data.alignment import Canvas, face_region
+from opom.data.alignment import Canvas
 from opom.data.protection import ProtectionDataModule, ProtectionSet
 from opom.errors import ConfigError, UserError
 from opom.evaluation.callbacks import MaskWriter, TransferEvaluation, WandbReport
@@ -30,10 +29,9 @@ from opom.masks import MaskSet, load_masks
 from opom.methods import METHODS
 from opom.models.training import prepare_models
 from opom.models.zoo import ZOO, build_face_model, model_key, preflight
-from opom.module import MaskCrafter
+from opom.module import MaskCrafter, transfer_options
 from opom.refine import RefineSettings, refine
 from opom.shards import Shard, shard_trainer
-from opom.transforms import RandomTransforms
 
 log = logging.getLogger("opom")
 
@@ -178,14 +176,9 @@ def run(cfg: DictConfig) -> dict:
 def crafter_options(cfg: DictConfig, canvas: Canvas, seed: int) -> dict:
     """MaskCrafter's keyword options from ``crafting`` (speed options and the transfer extensions)."""
     c = OmegaConf.to_container(cfg.get("crafting") or OmegaConf.create({}), resolve=True)
-    region = c.pop("region", "full")
-    if region not in ("full", "face"):
-        raise ConfigError(f"crafting.region must be full or face, got {region!r}")
-    budget = Budget(torch.from_numpy(face_region(canvas)) if region == "face" else None, float(c.pop("chroma", 1.0)))
-    names, params = c.pop("transforms", []) or [], c.pop("transform_params", {}) or {}
-    transforms = RandomTransforms({n: params.get(n, {}) for n in names}, p=float(c.pop("transform_p", 0.5)),
-                                  seed=seed, pixels_per_canonical=canvas.scale)
-    return {**c, "transforms": transforms, "budget": budget}
+    extensions = {k: c.pop(k) for k in ("ensemble", "transforms", "transform_p", "transform_params", "region",
+                                        "chroma") if k in c}
+    return {**c, **transfer_options(canvas, seed=seed, **extensions)}
 
 
 def options_label(cfg: DictConfig) -> str:

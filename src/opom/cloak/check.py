@@ -26,7 +26,9 @@ from opom.data.photos import PhotoError, read_photo
 from opom.errors import UserError
 
 DEFAULT_PANEL = ("sface", "dlib")
-L2_MODELS = {"dlib": 0.6}  # models verified by L2 distance of raw descriptors, with their threshold
+# faces are aligned onto this canvas: the 112 crop plus 56 px of the photo around it, so models that look beyond the
+# ArcFace crop (dlib's chip, HSE's box) see the photo, as in their own pipelines; each model reads its own crop
+CHECK_CANVAS = "canvas224"
 
 
 @dataclass
@@ -83,13 +85,16 @@ def validate_panel(names, weights: dict[str, str] | None = None) -> None:
 
 
 def build_panel(names=DEFAULT_PANEL, weights: dict[str, str] | None = None,
-                thresholds: dict[str, float] | None = None, notes: list[str] | None = None) -> list[PanelModel]:
+                thresholds: dict[str, float] | None = None, notes: list[str] | None = None,
+                canvas: str = CHECK_CANVAS) -> list[PanelModel]:
     """Zoo models by arch name; a model whose extra is not installed is skipped (noted) unless it is the only one.
 
     The bundled SFace (no ``weights``) runs through OpenCV, without torch (:class:`~opom.cloak.faces.SFaceRunner`).
     """
     from opom.cloak.faces import SFaceRunner
+    from opom.data.alignment import CANVASES
     from opom.models.extras import MissingExtraError
+    from opom.models.npm_assets import AssetError
 
     weights, thresholds = dict(weights or {}), dict(thresholds or {})
     validate_panel(names, weights)
@@ -97,25 +102,25 @@ def build_panel(names=DEFAULT_PANEL, weights: dict[str, str] | None = None,
     for name in names:
         if name == "sface" and not weights.get(name):
             try:
-                panel.append(PanelModel(name, SFaceRunner(), "cosine", float(thresholds.get(name, 0.363))))
+                panel.append(PanelModel(name, SFaceRunner(CANVASES[canvas]), "cosine",
+                                        float(thresholds.get(name, 0.363))))
             except MissingExtraError as err:
                 missing.append(f"{name} skipped: {err}")
             continue
         from opom.models.zoo import build_face_model
 
         try:
-            model = build_face_model({"name": name, "arch": name, "checkpoint": weights.get(name)})
-        except MissingExtraError as err:
+            model = build_face_model({"name": name, "arch": name, "checkpoint": weights.get(name)},
+                                     canvas=CANVASES[canvas])
+        except (MissingExtraError, AssetError) as err:
             missing.append(f"{name} skipped: {err}")
             continue
-        if name in L2_MODELS:
-            panel.append(PanelModel(name, model, "l2", float(thresholds.get(name, L2_MODELS[name]))))
-            continue
+        rule = model.preprocessing.rule  # each model's own rule: cosine, or L2 distance of raw descriptors (dlib)
         threshold = thresholds.get(name, model.preprocessing.threshold)
         if threshold is None:
             raise UserError(f"panel model {name!r} has no known verification threshold: give one with "
-                            f"--threshold {name}=VALUE (cosine similarity)")
-        panel.append(PanelModel(name, model, "cosine", float(threshold)))
+                            f"--threshold {name}=VALUE ({'cosine similarity' if rule == 'cosine' else 'L2 distance'})")
+        panel.append(PanelModel(name, model, rule, float(threshold)))
     if not panel:
         raise UserError("no panel model could be built: " + "; ".join(missing))
     if notes is not None:
@@ -123,16 +128,23 @@ def build_panel(names=DEFAULT_PANEL, weights: dict[str, str] | None = None,
     return panel
 
 
-def face_crop(path: Path, detector, settings: DetectSettings = DetectSettings()) -> np.ndarray | None:
-    """The largest face of a photo aligned to 112x112 (None if there is none). Raises PhotoError."""
+def face_crop(path: Path, detector, settings: DetectSettings = DetectSettings(),
+              canvas: str = CHECK_CANVAS) -> np.ndarray | None:
+    """The largest face of a photo aligned onto ``canvas`` (None if there is none); an already aligned 112x112
+    crop is placed at the canvas centre (nothing around it). Raises PhotoError."""
+    from opom.data.alignment import CANVASES
+
     rgb, _ = read_photo(path, policy=True)
     if rgb.shape[:2] == (112, 112):
-        return rgb
+        c = CANVASES[canvas]
+        if c.scale != 1:
+            raise UserError(f"an aligned 112x112 crop cannot fill canvas {canvas!r}: give the original photo")
+        return np.pad(rgb, ((c.margin, c.margin), (c.margin, c.margin), (0, 0)))
     faces = detect_faces(rgb, detector, settings)
     if not faces:
         return None
     face = max(faces, key=lambda f: f.area)
-    return warp_to_template(rgb, face.landmarks, "arcface_112")[0]
+    return warp_to_template(rgb, face.landmarks, canvas)[0]
 
 
 @dataclass

