@@ -280,7 +280,9 @@ def _jpeg(rgb) -> io.BytesIO:
 
 def test_mask_from_another_template_or_size_is_refused(tmp_path):
     other = make_mask(tmp_path / "sphere.safetensors", template="sphereface_96x112")
-    with pytest.raises(MaskMismatch, match="sphereface_96x112.*arcface_112"):
+    with pytest.raises(MaskMismatch, match="sphereface_96x112.*arcface_112"):  # asked for another template
+        load_person_mask(other, template="arcface_112")
+    with pytest.raises(MaskMismatch, match="112x112.*96x112"):  # its own template: a 112x112 mask cannot be it
         load_person_mask(other)
     small = make_mask(tmp_path / "small.safetensors", size=96)
     with pytest.raises(MaskMismatch, match="96x96"):

@@ -455,7 +455,7 @@ def test_enroll_names_outliers_and_refuses_a_mask_that_fails_its_own_check(tmp_p
     for k in range(3):
         Image.fromarray(texture(112, 112, seed=10 + k)).save(folder / f"{k}.png")
     out = tmp_path / "alice.safetensors"
-    weak = EnrollSettings(iterations=1, luminance=False)
+    weak = EnrollSettings(strength="paper", iterations=1, luminance=False)
     with pytest.raises(WeakMask, match="does not fool its own surrogate") as err:
         enroll([folder], out, settings=weak, surrogate=TinyEmbedder(), threshold=-1.0, progress=False, quiet=True)
     assert not out.exists() and err.value.result.failed  # nothing written

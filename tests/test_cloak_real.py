@@ -83,7 +83,7 @@ def test_enroll_protect_check_with_sface_and_dlib(photos, detector, tmp_path, ca
     pytest.importorskip("dlib", reason="dlib-bin is not installed: pip install 'opom[zoo]'")
     originals = {p.name: _sha(p) for p in (photos / "obama").iterdir()}
     mask = tmp_path / "obama.safetensors"
-    settings = EnrollSettings(iterations=8)  # FIM, 5 class-centre warm-up steps then the convex hull
+    settings = EnrollSettings(strength="paper", iterations=8)  # SFace; FIM, 5 class-centre steps then the hull
     result = enroll([photos / "obama"], mask, settings=settings, detector=detector, progress=False, quiet=True)
     assert result.masks.surrogate == "sface" and result.masks.extra["match"]["threshold"] == pytest.approx(0.363)
     assert result.whitebox["protected_mean"] < result.whitebox["clean_mean"] - 0.3

@@ -18,6 +18,7 @@ from opom.cloak.faces import Face
 from opom.cloak.mask import load_person_mask
 from opom.cloak.protect import Protector, ProtectSettings
 from opom.cloak.video import Tracker, fill_and_smooth, gaussian_smooth, jitter, pan_zoom_clip, protect_video
+from opom.errors import UserError
 from opom.masks import load_masks
 
 av = pytest.importorskip("av")
@@ -142,7 +143,7 @@ def test_enroll_crafts_a_self_describing_mask(tmp_path):
         Image.fromarray(texture(112, 112, seed=10 + k)).save(folder / f"{k}.png")  # aligned crops already
     (folder / "notes.txt").write_text("ignored: not a photo suffix")
     out = tmp_path / "alice.safetensors"
-    settings = EnrollSettings(iterations=6, method_options={"warmup": 2})
+    settings = EnrollSettings(strength="paper", iterations=6, method_options={"warmup": 2})
     result = enroll([folder], out, settings=settings, surrogate=TinyEmbedder(), threshold=0.5, progress=False,
                     quiet=True)
     ms = load_masks(out)
@@ -158,11 +159,13 @@ def test_enroll_crafts_a_self_describing_mask(tmp_path):
         enroll([folder], out, settings=settings, surrogate=TinyEmbedder(), threshold=0.5, progress=False, quiet=True)
 
 
-def test_enroll_defaults_are_the_framework_configs():
+def test_enroll_paper_strength_is_the_framework_configs():
     fim = OmegaConf.load(ROOT / "conf" / "attack" / "fim.yaml")
     hull = OmegaConf.load(ROOT / "conf" / "method" / "convex_hull.yaml")
-    s = EnrollSettings()
-    assert (s.method, s.attack, s.eps, s.surrogate) == ("convex_hull", "fim", fim.eps, "sface")
+    s = EnrollSettings(strength="paper").validate()
+    assert (s.method, s.attack, s.eps, s.surrogate, s.iterations) == ("convex_hull", "fim", fim.eps, "sface",
+                                                                      fim.iterations)
+    assert (s.canvas, s.region, s.transforms) == ("arcface_112", "full", ())
     from opom.attack import FIM
     from opom.methods import ConvexHull
 
@@ -170,6 +173,18 @@ def test_enroll_defaults_are_the_framework_configs():
     assert (attack.iterations, attack.step_levels, attack.random_start) == (fim.iterations, fim.step,
                                                                             fim.random_start)
     assert (method.lower, method.upper, method.warmup) == (hull.lower, hull.upper, hull.warmup)
+
+
+def test_enroll_strength_presets_and_explicit_settings():
+    from opom.cloak.strength import DEFAULT_STRENGTH, STRENGTHS
+
+    s = EnrollSettings().validate()
+    assert s.strength == DEFAULT_STRENGTH and s.surrogate == STRENGTHS[DEFAULT_STRENGTH]["surrogate"]
+    mine = EnrollSettings(strength="strong", eps=6.0, surrogate="sface", transforms=()).validate()
+    assert (mine.eps, mine.surrogates, mine.transforms) == (6.0, ["sface"], ())  # what is given wins
+    assert mine.canvas == STRENGTHS["strong"]["canvas"]  # the rest comes from the preset
+    with pytest.raises(UserError, match="unknown strength"):
+        EnrollSettings(strength="max").validate()
 
 
 

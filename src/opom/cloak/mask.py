@@ -61,8 +61,9 @@ def check_template(ms: MaskSet, template_name: str, where: str = "the mask") -> 
     return template
 
 
-def load_person_mask(path: str | Path, identity: str | None = None, template: str = "arcface_112") -> PersonMask:
-    """Load a mask file and pick one person's mask (``identity``, or the only one in the file)."""
+def load_person_mask(path: str | Path, identity: str | None = None, template: str | None = None) -> PersonMask:
+    """Load a mask file and pick one person's mask (``identity``, or the only one in the file). Faces are aligned to
+    the mask's own template (its canvas) unless ``template`` names one, which must then be the mask's."""
     from opom.data.inputs import check_input_file
 
     path = check_input_file(path, "mask file", f"give the .safetensors file that `opom enroll PHOTOS... --out "
@@ -74,6 +75,7 @@ def load_person_mask(path: str | Path, identity: str | None = None, template: st
     except Exception as err:  # noqa: BLE001 - safetensors raises several types on a foreign/corrupt file
         raise UserError(f"{str(path)!r} is not a readable opom mask file ({type(err).__name__}: {err}); make one "
                         "with `opom enroll`") from err
+    template = template or ms.template
     tpl = check_template(ms, template, where=f"mask file {str(path)!r}")
     if identity is None:
         if len(ms.identities) != 1:

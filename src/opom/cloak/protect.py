@@ -49,7 +49,9 @@ class ProtectSettings:
     """How faces are chosen and protected, and how copies are written."""
 
     choose: str = "match"  # all | largest | match (needs the embedding that `opom enroll` stores)
-    template: str = "arcface_112"
+    template: str | None = None  # None: the mask's own (its canvas)
+    refine: int = 0  # per-photo refinement steps on each face (photos only; 0: the universal mask as it is)
+    refine_eps: float | None = None  # budget of the refinement in grey levels (default: the mask's eps)
     feather: float = 6.0  # crop pixels over which the mask fades out at the edge of the face region
     detect: DetectSettings = field(default_factory=DetectSettings)
     output_format: str = "same"  # same | png (lossless) | jpeg
@@ -83,6 +85,10 @@ class ProtectSettings:
             raise UserError("the output suffix must not be empty (the copy would replace the original)")
         if self.detect_every < 1:
             raise UserError(f"detect_every must be >= 1 frame, got {self.detect_every}")
+        if self.refine < 0:
+            raise UserError(f"refine must be >= 0 steps, got {self.refine}")
+        if self.refine_eps is not None and not self.refine_eps > 0:
+            raise UserError(f"refine eps must be > 0 grey levels, got {self.refine_eps}")
         if self.smooth_sigma < 0:
             raise UserError(f"smooth_sigma must be >= 0 frames, got {self.smooth_sigma}")
         if not 0 <= self.crf <= 51:
@@ -125,7 +131,17 @@ class Protector:
         alpha = feather_alpha(fw, fh, settings.feather)[..., None]
         self.intended = person.delta * alpha
         self.intended_luminance = None if person.luminance is None else np.repeat(person.luminance * alpha, 3, 2)
+        self._alpha = alpha
+        self._refiner = None
 
+    @property
+    def refiner(self):
+        """Per-photo refinement (``settings.refine`` steps), built on first use (it needs torch and the surrogates)."""
+        if self._refiner is None:
+            from opom.cloak.refining import PhotoRefiner
+
+            self._refiner = PhotoRefiner(self.person, self.settings.refine, self.settings.refine_eps)
+        return self._refiner
     @property
     def matcher(self) -> FaceMatcher:
         if self._matcher is None:
@@ -145,28 +161,36 @@ class Protector:
     def matrices(self, landmarks: list[np.ndarray]) -> list[np.ndarray]:
         return [similarity_transform(lm, self.person.template.array()) for lm in landmarks]
 
-    def perturbation(self, landmarks: list[np.ndarray], image_hw: tuple[int, int], luminance: bool = False):
-        """The combined :class:`~opom.cloak.blend.Perturbation` of faces with these landmarks (None: none)."""
+    def perturbation(self, landmarks: list[np.ndarray], image_hw: tuple[int, int], luminance: bool = False,
+                     deltas: list[np.ndarray] | None = None):
+        """The combined :class:`~opom.cloak.blend.Perturbation` of faces with these landmarks (None: none);
+        ``deltas``: one aligned mask per face (refined), instead of the person's mask for all."""
         delta = self.person.luminance if luminance and self.person.luminance is not None else self.person.delta
-        fields = [face_field(m, delta, image_hw, self.settings.feather) for m in self.matrices(landmarks)]
+        deltas = deltas or [delta] * len(landmarks)
+        fields = [face_field(m, d, image_hw, self.settings.feather)
+                  for m, d in zip(self.matrices(landmarks), deltas, strict=True)]
         return combine(fields)
 
     def apply(self, pixels: np.ndarray, landmarks: list[np.ndarray], levels: float = 255.0, colour: str = "rgb",
-              luminance: bool = False) -> np.ndarray:
+              luminance: bool = False, deltas: list[np.ndarray] | None = None) -> np.ndarray:
         """``pixels`` (upright, H x W [x C], uint8/uint16) with the mask added to the faces at ``landmarks``.
 
         ``colour``: rgb, grey or cmyk (what the channels are); ``luminance``: use the mask's luminance version (grey
-        photos; it is added equally to R, G and B).
+        photos; it is added equally to R, G and B); ``deltas``: per-face refined masks.
         """
-        p = self.perturbation(landmarks, pixels.shape[:2], luminance)
+        p = self.perturbation(landmarks, pixels.shape[:2], luminance, deltas)
         if p is None:
             return pixels.copy()
         return add_perturbation(pixels, p, levels, colour)
 
-    def measure(self, before_rgb: np.ndarray, after_rgb: np.ndarray, landmarks, luminance: bool = False) -> dict:
-        """What the aligned crop of a face shows of the change: max |change| (grey levels) and retention."""
+    def measure(self, before_rgb: np.ndarray, after_rgb: np.ndarray, landmarks, luminance: bool = False,
+                delta: np.ndarray | None = None) -> dict:
+        """What the aligned crop of a face shows of the change: max |change| (grey levels) and retention (against
+        ``delta``, the face's refined mask, when given)."""
         change = aligned_change(before_rgb, after_rgb, landmarks, self.person.template)
         intended = self.intended_luminance if luminance and self.intended_luminance is not None else self.intended
+        if delta is not None:
+            intended = delta * self._alpha
         return {"aligned_max_change": int(np.abs(change).max()), "retention": round(retention(change, intended), 4)}
 
     # ------------------------------------------------------------------------------------------- photos
@@ -219,15 +243,21 @@ class Protector:
                             f"{self.person.identity!r} (best similarity {best:.3f} < {self.matcher.threshold:.3f}); "
                             "use --choose largest or all to protect them anyway"}
         landmarks = [choice.faces[i].landmarks for i in choice.chosen]
-        display = self.apply(photo.display(), landmarks, photo.levels, photo.colour, use_luminance)
+        deltas = None
+        if self.settings.refine and not use_luminance:
+            t1 = time.perf_counter()
+            deltas = [self.refiner.refine(rgb, lm) for lm in landmarks]
+            entry["refined"] = {"steps": self.settings.refine, "eps": self.refiner.eps,
+                                "seconds": round(time.perf_counter() - t1, 2)}
+        display = self.apply(photo.display(), landmarks, photo.levels, photo.colour, use_luminance, deltas)
         stored = np.ascontiguousarray(pf.to_stored(display, photo.orientation))
         lossless_rgb = pf.as_rgb8(display, photo.mode)
         data, written, codec = self._encode(photo, stored, rgb, lossless_rgb, landmarks)
         after = pf.as_rgb8(pf.to_display(written, photo.orientation), photo.mode)
         faces = []
-        for i, lm, m in zip(choice.chosen, landmarks, self.matrices(landmarks), strict=True):
+        for k, (i, lm, m) in enumerate(zip(choice.chosen, landmarks, self.matrices(landmarks), strict=True)):
             faces.append({"face": i, "transform": np.round(m, 6).tolist(),
-                          **self.measure(rgb, after, lm, use_luminance)})
+                          **self.measure(rgb, after, lm, use_luminance, None if deltas is None else deltas[k])})
         if source.resolve() == output.resolve():  # also guarded when planning; never write onto an original
             raise UserError(f"refusing to overwrite the original {source}")
         pf.atomic_write(output, data)
