@@ -15,7 +15,7 @@ from opom.evaluation.metrics import (
     Histogram,
     RankCounter,
     apply_mask_uint8,
-    genuine_scores,
+    fraction,
     image_quality,
     rates_from_hits,
     thresholds_at_far,
@@ -25,14 +25,31 @@ from opom.evaluation.robustness import apply_transform
 FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 
 
-def _verification(genuine, protected_genuine, thresholds: dict, threshold: float | None) -> dict[str, float]:
+def model_threshold(model: nn.Module) -> float | None:
+    """The model's own cosine verification threshold where one is known (its preprocessing declares it, e.g.
+    SFace 0.363, or a config sets ``preprocessing.threshold``), else None."""
+    threshold = getattr(getattr(model, "preprocessing", None), "threshold", None)
+    return None if threshold is None else float(threshold)
+
+
+def _share(mask: torch.Tensor) -> float:
+    return fraction(int(mask.sum().item()), mask.numel())
+
+
+def _verification(protected_genuine, thresholds: dict, threshold: float | None) -> dict[str, float]:
     out = {}
     for far, (thr, tar) in thresholds.items():
         out[f"tar_clean@far{far:g}"] = tar
-        out[f"tar_protected@far{far:g}"] = (protected_genuine >= thr).double().mean().item()
-    if threshold is not None:
-        out["psr_at_threshold"] = (protected_genuine < threshold).double().mean().item()
+        out[f"tar_protected@far{far:g}"] = _share(protected_genuine >= thr)
+    out.update(_at_threshold(protected_genuine, threshold))
     return out
+
+
+def _at_threshold(protected_genuine: torch.Tensor, threshold: float | None) -> dict[str, float]:
+    """PSR at the model's own threshold: the share of protected genuine pairs it no longer accepts."""
+    if threshold is None:
+        return {}
+    return {"threshold": threshold, "psr_at_threshold": _share(protected_genuine < threshold)}
 
 
 def _stream_scores(clean: RankCounter, others: list[RankCounter], store: GalleryEmbeddings, genuine: torch.Tensor,
@@ -43,7 +60,7 @@ def _stream_scores(clean: RankCounter, others: list[RankCounter], store: Gallery
     histogram, lowest = Histogram(), float("inf")
     for d in store.chunks(chunk):
         d = F.normalize(d.double(), dim=-1)
-        scores = clean.probes @ d.T
+        scores = clean.scores(d, normalized=True)
         clean.add_scores(scores)
         for counter in others:
             counter.update(d, normalized=True)
@@ -52,11 +69,11 @@ def _stream_scores(clean: RankCounter, others: list[RankCounter], store: Gallery
 
     def rescan():
         for d in store.chunks(chunk):
-            yield clean.probes @ F.normalize(d.double(), dim=-1).T
+            yield clean.scores(d)
 
     gen = genuine.double().flatten()
     thresholds = thresholds_at_far(histogram, fars, rescan, lowest if histogram.n else 0.0)
-    return {far: (thr, (gen >= thr).double().mean().item()) for far, thr in thresholds.items()}
+    return {far: (thr, _share(gen >= thr)) for far, thr in thresholds.items()}
 
 
 def evaluate_model(model: nn.Module, data: ProtectionSet, masks: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
@@ -88,19 +105,22 @@ def evaluate_model(model: nn.Module, data: ProtectionSet, masks: torch.Tensor, k
         # probes go through the transform; the gallery stays the clean, untransformed enrolment photos
         counters[name] = (RankCounter(clean_t, clean_e), RankCounter(prot_t, clean_e))
 
-    genuine, protected_genuine = genuine_scores(clean_e, clean_e), genuine_scores(prot_e, clean_e)
+    genuine, protected_genuine = counters[""][0].genuine_pairs(), counters[""][1].genuine_pairs()
     others = [counters[""][1]] + [c for name, pair in counters.items() if name for c in pair]
     with gallery_embeddings(model, as_gallery(data.distractors), cache_dir, model_key, batch_size) as store:
         thresholds = _stream_scores(counters[""][0], others, store, genuine, FARS, chunk)
     model.train(was_training)
 
+    threshold = model_threshold(model)
     out: dict = rates_from_hits(*counters[""], ks)
+    out.update(_verification(protected_genuine, thresholds, threshold))
     if robustness:
-        out["robustness"] = {name: rates_from_hits(*counters[name], ks) for name in robustness}
-    threshold = getattr(getattr(model, "preprocessing", None), "threshold", None)
-    out.update(_verification(genuine, protected_genuine, thresholds, threshold))
+        out["robustness"] = {name: {**rates_from_hits(*counters[name], ks),
+                                    **_at_threshold(counters[name][1].genuine_pairs(), threshold)}
+                             for name in robustness}
     hits, trials = counters[""][1].hits((1,))
-    out["per_identity_psr_top1"] = dict(zip(data.names, (1.0 - hits[1].double() / trials).tolist(), strict=True))
+    out["per_identity_psr_top1"] = {name: fraction(trials - h, trials)
+                                    for name, h in zip(data.names, hits[1].tolist(), strict=True)}
     return out
 
 
