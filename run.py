@@ -1,5 +1,7 @@
 """Craft OPOM masks and test them: ``python run.py method=convex_hull surrogate=arcface``."""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -13,12 +15,21 @@ def main(cfg: DictConfig) -> float:
     from opom.cli_errors import friendly_errors
     from opom.pipeline import run
 
-    with friendly_errors():
+    with friendly_errors(cfg.paths.output_dir):
         results = run(cfg)
     # the mean black-box PSR@1, for Hydra sweepers that optimise a returned value
     blackbox = [r["psr_top1"] for r in results["models"].values() if not r["whitebox"]]
     return sum(blackbox) / len(blackbox) if blackbox else float("nan")  # nan: an identity shard tests nothing
 
 
+def check(cfg: DictConfig) -> None:
+    from opom.pipeline import validate
+
+    validate(cfg)
+
+
 if __name__ == "__main__":
+    from opom.cli_errors import check_command_line
+
+    check_command_line(Path(__file__).parent / "conf", "run", check)  # one error: line, before any folder
     main()

@@ -115,7 +115,8 @@ def test_lpips_only_when_the_alexnet_weights_are_present(tmp_path, monkeypatch):
     noisy = (clean.int() + torch.randint(-20, 21, clean.shape)).clamp(0, 255).to(torch.uint8)
     monkeypatch.setenv("OPOM_LPIPS_ALEXNET", str(tmp_path / "absent.pth"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    assert "lpips" not in image_quality(clean, noisy)
+    quality = image_quality(clean, noisy)
+    assert "lpips" not in quality and "alexnet-owt-7be5be79.pth" in quality["lpips_unavailable"]  # says why
     weights = tmp_path / "alexnet.pth"  # stand-in weights in torchvision's layout (never downloaded here)
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)
     monkeypatch.setenv("OPOM_LPIPS_ALEXNET", str(weights))

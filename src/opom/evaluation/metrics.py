@@ -273,10 +273,11 @@ def verification_scores(probes: torch.Tensor, gallery: torch.Tensor,
 
 def image_quality(clean: torch.Tensor, protected: torch.Tensor) -> dict[str, float]:
     """PSNR (dB) and SSIM of protected against clean uint8 images (B, 3, H, W), averaged over images, and
-    LPIPS when its AlexNet weights are present (:mod:`opom.evaluation.lpips`)."""
+    LPIPS when its AlexNet weights are present (:mod:`opom.evaluation.lpips`); else ``lpips_unavailable`` says
+    why."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-    from opom.evaluation.lpips import lpips_distance
+    from opom.evaluation.lpips import lpips_distance, lpips_unavailable
 
     x, y = clean.double() / 255.0, protected.double() / 255.0
     psnr = peak_signal_noise_ratio(y, x, data_range=1.0, reduction="none", dim=(1, 2, 3))
@@ -287,4 +288,6 @@ def image_quality(clean: torch.Tensor, protected: torch.Tensor) -> dict[str, flo
     lpips = lpips_distance(clean, protected)
     if lpips is not None:
         out["lpips"] = lpips
+    else:
+        out["lpips_unavailable"] = lpips_unavailable()
     return out
