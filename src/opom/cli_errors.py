@@ -40,7 +40,10 @@ def user_error(err: BaseException) -> BaseException | None:
         err = err.__cause__
     if isinstance(err, (MissingMandatoryValue, InterpolationToMissingValueError)):  # a ??? left to fill in
         text = str(err)
-        key = (text.split("full_key: ")[-1] if "full_key: " in text else text.split("Missing mandatory value: ")[-1])
+        if "full_key: " in text and not isinstance(err, InterpolationToMissingValueError):
+            key = text.split("full_key: ")[-1]  # the path of the ??? itself
+        else:  # the ??? an interpolation points at
+            key = text.split("Missing mandatory value: ")[-1]
         key = key.split("\n")[0].strip()
         return UserError(f"the config value {key!r} must be given: add {key}=... to the command line")
     return err if isinstance(err, (UserError, FileNotFoundError)) else None
@@ -208,9 +211,13 @@ def check_command_line(config_dir: str | Path, config_name: str,
                     _validate(compose(name, overrides=job, return_hydra_config=True), validate)
     except MissingConfigException as err:  # an option named inside a config file, not on the command line
         fail(_one_line(err).split("; Available options")[0])
-    except (HydraException, OmegaConfBaseException, UserError) as err:
+    except Exception as err:  # noqa: BLE001 - user errors become one line, anything else propagates
         cause = user_error(err)
-        fail(cause if cause is not None else _one_line(err))
+        if cause is not None:
+            fail(cause)
+        if isinstance(err, (HydraException, OmegaConfBaseException)):
+            fail(_one_line(err))
+        raise
 
 
 def _validate(cfg: DictConfig, validate: Callable[[DictConfig], None]) -> None:

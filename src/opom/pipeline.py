@@ -43,7 +43,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown method target {target!r}; use method=<{'|'.join(METHODS)}>")
     check_attack(cfg.attack)
     instantiate(cfg.attack)  # the attack's own checks (dropout, normalizer, ...)
-    if not cfg.blackbox:
+    if not cfg.get("blackbox"):
         raise ConfigError("the black-box panel is empty: choose models, e.g. 'blackbox=[resnet_cosface]'")
     if _number(cfg.identities_per_batch, "identities_per_batch", int) < 1:
         raise ConfigError(f"identities_per_batch must be >= 1, got {cfg.identities_per_batch}")
@@ -295,7 +295,7 @@ def validate_saved(cfg: DictConfig) -> tuple[MaskSet, DictConfig]:
     """``evaluate.py``'s check before anything heavy (and before Hydra creates the job's folder); returns the
     masks and the job (:func:`saved_job`)."""
     masks, job = saved_job(cfg)
-    if not job.blackbox:
+    if not job.get("blackbox"):
         raise ConfigError("the black-box panel is empty: choose models, e.g. 'blackbox=[resnet_cosface]'")
     check_evaluation(job.evaluation)
     _specs(job, surrogate=cfg.whitebox)
