@@ -45,3 +45,10 @@ def data_used(name: str, protection) -> dict:
     n_id, t = protection.test_images.shape[:2]
     return {"name": name, "identities": n_id, "mask_images": int(protection.mask_images.shape[1]),
             "test_images": t, "distractors": len(as_gallery(protection.distractors)), "trials": n_id * t * (t - 1)}
+
+
+def describe(env: dict) -> str:
+    """One line of an :func:`environment` record, for reports."""
+    gpu = f", GPU {env['gpu']}" if env.get("gpu") else ""
+    return (f"torch {env.get('torch')}, Python {env.get('python')}, opom {env.get('opom')}; CPU {env.get('cpu')} "
+            f"({env.get('cpu_cores')} cores, {env.get('torch_threads')} torch threads){gpu}")
