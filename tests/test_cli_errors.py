@@ -146,3 +146,21 @@ def test_cli_exits_2_with_one_line_and_creates_nothing(script, args, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []  # no outputs/ or multirun/ folder
+
+
+GROUPS = ("method", "attack", "dataset", "surrogate", "blackbox", "logger", "fr_train", "experiment")
+EVERY_OPTION = [(g, o) for g in GROUPS for o in _options(g)]
+
+
+@pytest.mark.parametrize("group,option", EVERY_OPTION, ids=[f"{g}={o}" for g, o in EVERY_OPTION])
+def test_every_option_in_the_folder_passes_the_check_or_names_what_it_needs(group, option, capsys):
+    """Any file in conf/ (also ones added later) is checked like the rest: it passes, or it fails with one line
+    that names what the user must give (weights, data paths) — never a traceback."""
+    argv = ["-m", f"{group}={option}"] if group == "experiment" else [
+        f"blackbox=[{option}]" if group == "blackbox" else f"{group}={option}"]
+    try:
+        check_command_line(CONF, "run", _validate_run, argv=argv)
+    except SystemExit as exit_info:
+        err = capsys.readouterr().err
+        assert exit_info.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert "must be given" in err or "needs weights" in err or "not found" in err, err

@@ -203,7 +203,7 @@ def check_command_line(config_dir: str | Path, config_name: str,
             cfg = compose(name, overrides=jobs[0], return_hydra_config=True)
             params = cfg.hydra.sweeper.get("params") if args.multirun else None
             if params:  # the sweep an experiment file declares (hydra.sweeper.params)
-                jobs = list(job_overrides(overrides, OmegaConf.to_container(params), True))
+                jobs = list(job_overrides(overrides, OmegaConf.to_container(params, resolve=True), True))
                 cfg = compose(name, overrides=jobs[0], return_hydra_config=True)
             if validate is not None and not args.cfg:
                 _validate(cfg, validate)

@@ -82,7 +82,8 @@ def format_table(results: dict) -> str:
     robust = [(name, t, rates) for name, r in models.items() for t, rates in (r.get("robustness") or {}).items()]
     if robust:
         lines += ["\nafter a transform of the probes (the gallery stays clean):",
-                  "| model | transform | clean top-1 | " + " | ".join(f"PSR@{k}" for k in ks) + " | PSR at own threshold |",
+                  "| model | transform | clean top-1 | " + " | ".join(f"PSR@{k}" for k in ks)
+                  + " | PSR at own threshold |",
                   "|---|---|---|" + "---|" * len(ks) + "---|"]
         for name, t, rates in robust:
             at_thr = f"{rates['psr_at_threshold']:.3f}" if "psr_at_threshold" in rates else "-"

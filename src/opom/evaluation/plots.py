@@ -18,7 +18,9 @@ import torch
 
 from opom.evaluation.metrics import apply_mask_uint8
 
-FIXED = ("method", "attack", "surrogate", "eps", "settings", "whitebox", "mean", "clean", "low", "min_clean_top1", "job")
+# row fields that are not models
+FIXED = ("method", "attack", "surrogate", "eps", "settings", "whitebox", "mean", "clean", "low", "min_clean_top1",
+         "job")
 
 
 def _pyplot():
@@ -200,8 +202,8 @@ def examples_grid(strips: list[tuple[str, Path]], path: Path) -> Path | None:
     plt = _pyplot()
     images = [plt.imread(p) for _, p in strips]
     width = max(im.shape[1] for im in images)
-    fig, axes = plt.subplots(len(images), 1, figsize=(max(4.0, width / 110), sum(im.shape[0] for im in images) / 110 + 0.3 *
-                                                      len(images)), squeeze=False)
+    height = sum(im.shape[0] for im in images) / 110 + 0.3 * len(images)
+    fig, axes = plt.subplots(len(images), 1, figsize=(max(4.0, width / 110), height), squeeze=False)
     for ax, (name, _), im in zip(axes[:, 0], strips, images, strict=True):
         ax.imshow(im)
         ax.set_title(name, fontsize=8, loc="left")

@@ -12,7 +12,6 @@ import json
 import logging
 from pathlib import Path
 
-
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -119,8 +118,8 @@ def to_markdown(rows: list[dict], k: int = 1) -> str:
     for r in rows:
         vals = " | ".join(f"{r.get(m, float('nan')):.3f}" for m in models)
         extra = "".join(f"{r['settings'].get(s, '')} | " for s in settings)
-        lines.append(f"| {r['method']} | {r['attack']} | {r['surrogate']} | {r['eps']:g} | {extra}{r['whitebox']:.3f} | "
-                     f"{vals} | {r['mean']:.3f} |")
+        lines.append(f"| {r['method']} | {r['attack']} | {r['surrogate']} | {r['eps']:g} | {extra}"
+                     f"{r['whitebox']:.3f} | {vals} | {r['mean']:.3f} |")
     accuracies = " | ".join(_clean_cell(rows, m) for m in models)
     lines.append(f"| *clean top-{k} accuracy* | | | | " + "| " * len(settings) + f"| {accuracies} | |")
     if any(any(r.get("low", {}).values()) for r in rows):
