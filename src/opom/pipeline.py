@@ -315,8 +315,9 @@ def evaluate_saved(cfg: DictConfig) -> dict:
                         f"{protection.image_size}x{protection.image_size}")
     build_surrogate, panel, keys = _models(job, dataset, surrogate_spec, panel_specs)
     saved_name = (masks.extra.get("dataset") or {}).get("name") if not cfg.get("dataset") else None
+    crafted = job_info(saved_name, job.dataset, protection, instantiate(job.attack), instantiate(job.method).crafts)
     run_info = {"method": masks.method, "attack": masks.attack, "surrogate": masks.surrogate, "eps": masks.eps,
-                "masks": str(Path(cfg.masks).resolve()), **job_info(saved_name, job.dataset, protection)}
+                "masks": str(Path(cfg.masks).resolve()), **crafted}
     evaluation = transfer_evaluation(job, panel, keys, run_info)
     surrogate = build_surrogate() if cfg.whitebox and surrogate_spec else None
     if surrogate is not None and not surrogate.differentiable:
