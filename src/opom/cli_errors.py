@@ -179,6 +179,25 @@ def job_overrides(overrides, sweep_params: dict | None, multirun: bool) -> Itera
         yield [*base[:index], value, *base[index + 1:]]
 
 
+def parse_overrides(args: list[str]) -> list:
+    """Hydra's parse of the command-line overrides; :class:`ConfigError` naming the one it cannot read."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    try:
+        return parser.parse_overrides(args)
+    except HydraException:
+        for arg in args:
+            try:
+                parser.parse_overrides([arg])
+            except HydraException as err:
+                key = arg.split("=", 1)[0]
+                raise ConfigError(f"cannot read {arg!r} ({str(err).splitlines()[0]}): a value with '=', ',', spaces or "
+                                  f"brackets must be quoted, e.g. {key}='\"...\"' (the outer quotes for the "
+                                  f"shell)") from err
+        raise
+
+
 def check_command_line(config_dir: str | Path, config_name: str,
                        validate: Callable[[DictConfig], None] | None = None, argv: list[str] | None = None) -> None:
     """Check a ``run.py`` / ``evaluate.py`` command line before Hydra runs it; on a problem print one
@@ -187,7 +206,6 @@ def check_command_line(config_dir: str | Path, config_name: str,
     from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args, _ = get_args_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
     if (args.help or args.hydra_help or args.info or args.shell_completion or args.config_dir or args.config_path
@@ -195,7 +213,7 @@ def check_command_line(config_dir: str | Path, config_name: str,
         return  # Hydra's own modes, or another config folder: left to Hydra
     name = args.config_name or config_name
     try:
-        overrides = OverridesParser.create().parse_overrides(args.overrides)
+        overrides = parse_overrides(args.overrides)
         with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
             loader = GlobalHydra.instance().config_loader()
             check_group_choices(overrides, lambda group: sorted(loader.get_group_options(group)))
