@@ -123,7 +123,7 @@ def test_lpips_only_when_the_alexnet_weights_are_present(tmp_path, monkeypatch):
     assert quality["lpips"] > 0 and lpips.lpips_distance(clean, clean) < 1e-6
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
+@pytest.mark.parametrize("chunk", [1, 50, 10_000])
 def test_exact_duplicates_of_genuine_images_tie_and_ties_go_to_the_genuine_image(chunk):
     g = torch.Generator().manual_seed(0)
     n_id, t, d = 6, 4, 512  # real embedding sizes: matrix products of different shapes round differently
