@@ -85,3 +85,18 @@ def test_rows_are_told_apart_by_every_swept_setting(tmp_path):
     assert [(r["attack.iterations"], r["dataset.seed"], r["mean"]) for r in table] == [
         ("2", "0", "0.15"), ("16", "0", "0.35"), ("16", "1", "0.25")]  # means without float noise
     assert Image.open(figures["psr_per_model"]).size[0] > 300
+
+
+def test_jobs_with_different_panels_share_one_table(tmp_path):
+    _job(tmp_path, "a", "convex_hull", 8.0, 0.4, 0.2, 1, ["blackbox=[resnet_cosface,mobilefacenet]"])
+    _job(tmp_path, "b", "convex_hull", 8.0, 0.3, 0.1, 2, ["blackbox=[resnet_cosface,mobilefacenet,dlib]"])
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    res["models"]["dlib"] = {"whitebox": False, "psr_top1": 0.7, "clean_top1": 0.34, "low_clean_accuracy": True}
+    (tmp_path / "b" / "results.json").write_text(json.dumps(res))
+    os.utime(tmp_path / "b" / "results.json", ns=(2 * 10**9, 2 * 10**9))
+    rows, figures = write_summary(tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| blackbox | white-box | resnet_cosface | mobilefacenet | dlib | mean |" in summary
+    assert "| [resnet_cosface,mobilefacenet] | 1.000 | 0.400 | 0.200 | nan | 0.300 |" in summary
+    assert "| 0.900 | 0.800 | 0.340 (!) | |" in summary
+    assert set(figures) == {"psr_per_model", "examples"}

@@ -41,6 +41,11 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def models_of(rows: list[dict]) -> list[str]:
+    """The black boxes of every row, in order of appearance (jobs of a sweep may test different panels)."""
+    return list(dict.fromkeys(k for r in rows for k in r if k not in FIXED))
+
+
 def label(row: dict) -> str:
     """A job's name in legends and titles: method / attack / surrogate / eps, and what else the sweep varied."""
     settings = "".join(f" / {k}={v}" for k, v in (row.get("settings") or {}).items())
@@ -64,7 +69,7 @@ def psr_per_model(rows: list[dict], path: Path) -> Path:
     """Grouped bars: x = models (white-box first), one bar per job; each job's clean top-1 on each black box as
     a black dash on its bar (hatched: clean top-1 below the floor, the PSR means little there)."""
     plt = _pyplot()
-    models = ["whitebox"] + [k for k in rows[0] if k not in FIXED]
+    models = ["whitebox"] + models_of(rows)
     x = np.arange(len(models))
     width = 0.8 / len(rows)
     surrogates = " / ".join(dict.fromkeys(r["surrogate"] for r in rows))

@@ -79,7 +79,8 @@ def collect(sweep_dir: Path, k: int = 1) -> list[dict]:
 
 
 def models_of(rows: list[dict]) -> list[str]:
-    return [k for k in rows[0] if k not in FIXED]
+    """The black boxes of every job, in order of appearance (jobs of a sweep may test different panels)."""
+    return plots.models_of(rows)
 
 
 def long_rows(sweep_dir: Path) -> list[dict]:
@@ -104,7 +105,9 @@ def long_rows(sweep_dir: Path) -> list[dict]:
 
 def _clean_cell(rows: list[dict], model: str) -> str:
     """A model's clean accuracy over the jobs: one value, or min-max when the jobs' worlds differ; (!) when low."""
-    values = sorted({r["clean"].get(model, float("nan")) for r in rows})
+    values = sorted({r["clean"][model] for r in rows if model in r["clean"]})
+    if not values:
+        return "-"
     text = f"{values[0]:.3f}" if len(values) == 1 else f"{values[0]:.3f}-{values[-1]:.3f}"
     return text + (" (!)" if any(r.get("low", {}).get(model) for r in rows) else "")
 
