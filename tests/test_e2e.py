@@ -40,8 +40,21 @@ def test_main_job_writes_results_masks_and_preview(tiny_overrides, tmp_path):
         assert required <= set(r)
         rates = [k for k in r if k.startswith(("clean_top", "psr_", "tar_"))]
         assert len(rates) == 6 + 8 and all(0.0 <= r[k] <= 1.0 for k in rates)
+        assert "psr_at_threshold" not in r  # the small synthetic models have no verification threshold
         assert set(r["per_identity_psr_top1"]) == {"synthetic-00000", "synthetic-00001", "synthetic-00002"}
     assert 30 < results["image_quality"]["psnr"] < 60 and 0 < results["image_quality"]["ssim"] < 1
+    # what the job used, recorded beside the numbers
+    assert results["dataset"] == {"name": "synthetic", "identities": 3, "mask_images": 4, "test_images": 2,
+                                  "distractors": 12, "trials": 3 * 2 * 1}
+    assert results["iterations"] == 3 and results["step"] == 1.0
+    assert "attack.iterations=3" in results["overrides"] and "method=convex_hull" in results["overrides"]
+    assert results["environment"]["torch"] == torch.__version__ and results["environment"]["cpu"]
+    for r in results["models"].values():  # rates are whole-number fractions, without float noise
+        trials = results["dataset"]["trials"]
+        assert all(r[k] in {i / trials for i in range(trials + 1)} for k in r if k.startswith(("clean_top", "psr_top")))
+        assert r["low_clean_accuracy"] == (r["clean_top1"] < results["min_clean_top1"])
+    metrics = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "eval/resnet_cosface/jpeg75/psr_top1" in metrics and "eval/arcface/psr_top1" in metrics
     for r in results["models"].values():
         assert set(r["robustness"]) == {"jpeg75", "resize0.5", "blur1"}
         for rates in r["robustness"].values():
@@ -64,7 +77,9 @@ def test_wandb_groups_a_sweep_and_names_its_jobs():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("attack.eps=0", "attack.eps must be > 0"),
+    ("attack.eps=0", "attack.eps is the L-inf budget in grey levels and must be in [1, 255]"),
+    ("attack.eps=300", "must be in [1, 255]"),
+    ("evaluation.robustness=[jpeg200]", "jpeg200"),
     ("dataset.images_per_identity=5", "fewer than dataset.mask_images + dataset.test_images"),
 ])
 def test_bad_input_is_one_clear_line(tiny_overrides, tmp_path, capsys, override, message):
@@ -84,13 +99,16 @@ def test_cli_multirun_writes_a_sweep_summary_figures_and_one_wandb_run_per_job(t
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     sweep = tmp_path / "sweep"
     proc = _cli(["-m", "method=random_noise,class_center", "blackbox=[resnet_cosface]", "logger=wandb",
-                 f"hydra.sweep.dir={sweep}"], tmp_path, tiny_overrides)
+                 f"hydra.sweep.dir={sweep}", "attack.seed=0,1"], tmp_path, tiny_overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = (sweep / "summary.md").read_text()
     assert "| random_noise |" in summary and "| class_center |" in summary and "resnet_cosface" in summary
+    assert "| eps | attack.seed | white-box |" in summary  # rows told apart by the swept seed
+    for seed in (0, 1):
+        assert f"| class_center | fim | arcface | 8 | {seed} |" in summary
     jobs = sorted(p.parent for p in sweep.glob("*/results.json"))
-    assert sorted(json.loads((j / "results.json").read_text())["method"] for j in jobs) == ["class_center",
-                                                                                          "random_noise"]
+    assert sorted(json.loads((j / "results.json").read_text())["method"] for j in jobs) == [
+        "class_center", "class_center", "random_noise", "random_noise"]
     for figure in ("psr_per_model.png", "examples_grid.png"):  # synthetic faces: examples allowed by default
         assert (sweep / figure).stat().st_size > 10_000
     assert not (sweep / "psr_vs_eps.png").exists()  # a single eps: nothing to plot against
@@ -104,8 +122,10 @@ def test_cli_multirun_writes_a_sweep_summary_figures_and_one_wandb_run_per_job(t
 
 def test_cli_unknown_method_names_the_choices(tmp_path):
     proc = _cli(["method=convex_hul"], tmp_path, [])
-    assert proc.returncode != 0
-    assert "convex_hull" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr == ("error: unknown method 'convex_hul' (did you mean 'convex_hull'?); the choices are "
+                           "affine_hull, class_center, convex_hull, fi_uap, fi_uap_plus, random_noise "
+                           "(e.g. method=affine_hull)\n")
 
 
 
@@ -117,6 +137,9 @@ def test_real_surrogate_and_real_black_box_run_offline(tiny_overrides, tmp_path)
                        tmp_path))
     assert set(results["models"]) == {"sface", "dlib", "resnet_cosface"}
     assert results["models"]["sface"]["whitebox"] and not results["models"]["dlib"]["whitebox"]
+    for name, threshold in (("sface", 0.363), ("dlib", 0.91)):  # models with a known verification threshold
+        r = results["models"][name]
+        assert r["threshold"] == threshold and 0 <= r["psr_at_threshold"] <= 1
     assert load_masks(tmp_path / "masks.safetensors").surrogate == "sface"
 
 

@@ -1,6 +1,8 @@
+import pytest
 import torch
 
 from opom.evaluation.metrics import (
+    RankCounter,
     apply_mask_uint8,
     identification_hits,
     image_quality,
@@ -22,6 +24,15 @@ def test_uint8_truncation_matches_reference():
     # 10.6 -> 10 (floor, not round), 258 -> 255 (clip), -3 -> 0 (clip), 100.99 -> 100
     assert out.dtype == torch.uint8
     assert out.flatten().tolist() == [10, 255, 0, 100]
+
+
+def test_masks_are_truncated_as_saved_not_rounded_first():
+    images = torch.full((1, 1, 1, 4), 100, dtype=torch.uint8)
+    # grey levels a hair below / at / a hair above a whole level, stored as float32 image units like saved masks
+    levels = torch.tensor([2.99996, 3.0, 3.00004, -2.99996], dtype=torch.float64)
+    out = apply_mask_uint8(images, (levels / 255).float().view(1, 1, 1, 4))
+    # the reference: uint8(clip(100 + m)) -> 102, 103, 103, 97 (a hair below 3 is not rounded up to 3)
+    assert out.flatten().tolist() == [102, 103, 103, 97]
 
 
 def test_a_full_budget_mask_moves_pixels_by_exactly_eps():
@@ -103,9 +114,33 @@ def test_lpips_only_when_the_alexnet_weights_are_present(tmp_path, monkeypatch):
     noisy = (clean.int() + torch.randint(-20, 21, clean.shape)).clamp(0, 255).to(torch.uint8)
     monkeypatch.setenv("OPOM_LPIPS_ALEXNET", str(tmp_path / "absent.pth"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    assert "lpips" not in image_quality(clean, noisy)
+    quality = image_quality(clean, noisy)
+    assert "lpips" not in quality and "alexnet-owt-7be5be79.pth" in quality["lpips_unavailable"]  # says why
     weights = tmp_path / "alexnet.pth"  # stand-in weights in torchvision's layout (never downloaded here)
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)
     monkeypatch.setenv("OPOM_LPIPS_ALEXNET", str(weights))
     quality = image_quality(clean, noisy)
     assert quality["lpips"] > 0 and lpips.lpips_distance(clean, clean) < 1e-6
+
+
+@pytest.mark.parametrize("chunk", [1, 50, 10_000])
+def test_exact_duplicates_of_genuine_images_tie_and_ties_go_to_the_genuine_image(chunk):
+    g = torch.Generator().manual_seed(0)
+    n_id, t, d = 6, 4, 512  # real embedding sizes: matrix products of different shapes round differently
+    gallery = torch.randn(n_id, t, d, generator=g)
+    probes = gallery + 0.8 * torch.randn(n_id, t, d, generator=g)
+    others = torch.randn(300, d, generator=g)
+    plain = RankCounter(probes, gallery)
+    plain.update(others)
+    for a in range(n_id):
+        for j in range(t):  # the gallery plus one exact duplicate of genuine image (a, j), somewhere in a chunk
+            at = (a * t + j) * 11 % 301
+            counter = RankCounter(probes, gallery)
+            for part in torch.cat([others[:at], gallery[a, j:j + 1], others[at:]]).split(chunk):
+                counter.update(part)
+            rows = slice(a * t, (a + 1) * t)
+            # the duplicate scores what the genuine image scores: a tie, which goes to the genuine image
+            assert torch.equal(counter.above[rows, j], plain.above[rows, j])
+    same = RankCounter(gallery, gallery)
+    same.update(gallery.flatten(0, 1))
+    assert torch.equal(same.above.view(n_id, t, t).diagonal(dim1=1, dim2=2), torch.zeros(n_id, t, dtype=torch.long))

@@ -1,6 +1,6 @@
 """Universal sign-step optimisers that craft one mask per identity (pixel budget L-inf eps).
 
-Both follow the authors' code exactly (shared/design/method.md section 3), batched over identities:
+Both follow the authors' code exactly (docs/method.md, section 3), batched over identities:
 tensors carry a leading identity dimension B and an image dimension N. Images are in [0, 1]; ``eps``
 and ``step`` are given in grey levels (0..255) as in the paper (eps 8, step 1) and converted inside.
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import time
+import zipfile
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from opom.data.protection import ProtectionDataModule, ProtectionSet
 from opom.errors import ConfigError, UserError
 from opom.evaluation.callbacks import MaskWriter, TransferEvaluation, WandbReport
 from opom.evaluation.holdout import HoldoutEvaluation
+from opom.evaluation.provenance import data_used, environment
+from opom.evaluation.robustness import parse_transform
 from opom.logs import quiet_lightning
 from opom.masks import MaskSet, load_masks
 from opom.methods import METHODS
@@ -37,15 +41,88 @@ log = logging.getLogger("opom")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Fail fast, before anything heavy, on settings that cannot work."""
+    """Fail fast, before anything heavy, on settings that cannot work. Reads no data and builds no model, so
+    ``run.py`` runs it on the composed config before Hydra creates the job's folder."""
     target = cfg.method.get("_target_", "")
     if not target.startswith("opom.methods.") or target.rsplit(".", 1)[-1] not in {
             type_.__name__ for type_ in METHODS.values()}:
         raise ConfigError(f"unknown method target {target!r}; use method=<{'|'.join(METHODS)}>")
-    if not cfg.blackbox:
+    check_attack(cfg.attack)
+    instantiate(cfg.attack)  # the attack's own checks (dropout, normalizer, ...)
+    if not cfg.get("blackbox"):
         raise ConfigError("the black-box panel is empty: choose models, e.g. 'blackbox=[resnet_cosface]'")
-    if cfg.identities_per_batch < 1:
+    if _number(cfg.identities_per_batch, "identities_per_batch", int) < 1:
         raise ConfigError(f"identities_per_batch must be >= 1, got {cfg.identities_per_batch}")
+    face_images_setting(cfg)
+    check_evaluation(cfg.evaluation)
+    sur_specs, _ = _specs(cfg)
+    for spec in sur_specs.values():
+        if not ZOO[spec["arch"]].differentiable:
+            raise ConfigError(f"surrogate {spec['name']!r} is a black box (no gradients): it can only be evaluated, "
+                              f"e.g. 'blackbox=[{spec['name']}]'; pick a differentiable surrogate")
+    OmegaConf.to_container(cfg.dataset, resolve=True, throw_on_missing=True)  # paths the user must give (???)
+
+
+def _number(value, key: str, kind=float):
+    """``value`` as a number of ``kind``, or a :class:`ConfigError` naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        raise ConfigError(f"{key} must be {'a whole number' if kind is int else 'a number'}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be finite, got {value!r}")
+    return kind(value)
+
+
+def check_attack(attack: DictConfig) -> None:
+    """The budget, step and iterations of an attack config: numbers in range. eps and step are grey levels."""
+    eps = _number(attack.get("eps"), "attack.eps")
+    if not 1 <= eps <= 255:
+        hint = (f"; in image units [0, 1] {eps} would be attack.eps={eps * 255:g}" if 0 < eps < 1 else "")
+        raise ConfigError(f"attack.eps is the L-inf budget in grey levels and must be in [1, 255] (the paper uses "
+                          f"8), got {eps:g}{hint}")
+    if _number(attack.get("step"), "attack.step") <= 0:
+        raise ConfigError(f"attack.step must be > 0 (grey levels, e.g. attack.step=1), got {attack.step}")
+    if _number(attack.get("iterations"), "attack.iterations", int) < 1:
+        raise ConfigError(f"attack.iterations must be >= 1, got {attack.iterations}")
+
+
+def check_evaluation(evaluation: DictConfig) -> None:
+    """Rank cut-offs, transform names and the clean-accuracy floor of an ``evaluation`` block."""
+    ks = list(evaluation.get("ks") or [])
+    if not ks or any(_number(k, "evaluation.ks", int) < 1 for k in ks):
+        raise ConfigError(f"evaluation.ks must list ranks >= 1, e.g. 'evaluation.ks=[1,5,10]', got {ks}")
+    for name in evaluation.get("robustness") or []:
+        parse_transform(name)
+    floor = _number(evaluation.get("min_clean_top1", 0.5), "evaluation.min_clean_top1")
+    if not 0 <= floor <= 1:
+        raise ConfigError(f"evaluation.min_clean_top1 must be in [0, 1], got {floor:g}")
+    for key in ("batch_size", "chunk"):
+        if _number(evaluation.get(key), f"evaluation.{key}", int) < 1:
+            raise ConfigError(f"evaluation.{key} must be >= 1, got {evaluation.get(key)}")
+
+
+def check_weights_file(spec: dict, key: str) -> None:
+    """A weights file given as ``checkpoint`` must be readable as what it claims to be (safetensors header, torch
+    archive); found out here rather than deep inside model building. Folders and other formats (ONNX, dlib's
+    folder) are left to the model's own loader."""
+    checkpoint = spec.get("checkpoint")
+    path = Path(str(checkpoint)).expanduser() if checkpoint else None
+    if path is None or not path.is_file():
+        return
+    with open(path, "rb") as f:
+        head = f.read(9)
+    fix = f"give {key}.checkpoint= a state dict saved with safetensors or torch.save(model.state_dict(), path)"
+    if path.suffix == ".safetensors" or head[8:9] == b"{":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # noqa: BLE001 - any failure to read the user's file is the file's problem
+            raise UserError(f"weights of {key!r}: {str(path)!r} is not a readable safetensors file ({err}); "
+                            f"{fix}") from err
+    elif path.suffix in (".pth", ".pt", ".ckpt", ".bin") and not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        raise UserError(f"weights of {key!r}: {str(path)!r} is not a torch checkpoint (neither a torch.save "
+                        f"archive nor a pickle); {fix}")
 
 
 def plain_config(cfg: DictConfig) -> dict:
@@ -54,12 +131,17 @@ def plain_config(cfg: DictConfig) -> dict:
             for k in cfg if k != "hydra"}
 
 
-def face_images_allowed(cfg: DictConfig, dataset) -> bool:
-    """Whether figures of this job may show faces (local files): ``privacy.face_images`` true, or ``auto`` and
-    the dataset has no real people (the synthetic world)."""
+def face_images_setting(cfg: DictConfig):
     setting = cfg.get("privacy", {}).get("face_images", "auto")
     if setting not in (True, False, "auto"):
         raise ConfigError(f"privacy.face_images must be true, false or auto, got {setting!r}")
+    return setting
+
+
+def face_images_allowed(cfg: DictConfig, dataset) -> bool:
+    """Whether figures of this job may show faces (local files): ``privacy.face_images`` true, or ``auto`` and
+    the dataset has no real people (the synthetic world)."""
+    setting = face_images_setting(cfg)
     return setting is True or (setting == "auto" and not getattr(dataset, "real_people", True))
 
 
@@ -86,8 +168,10 @@ def _specs(cfg: DictConfig, surrogate: bool = True) -> tuple[dict[str, dict], di
     panel_specs = {name: OmegaConf.to_container(spec, resolve=True) for name, spec in cfg.blackbox.items()}
     for key, spec in sur_specs.items():
         preflight(spec, f"surrogate.{key}")  # weights problems surface before any data is read
+        check_weights_file(spec, f"surrogate.{key}")
     for name, spec in panel_specs.items():
         preflight(spec, f"blackbox.{name}")
+        check_weights_file(spec, f"blackbox.{name}")
     return sur_specs, panel_specs
 
 
@@ -144,7 +228,7 @@ def run(cfg: DictConfig) -> dict:
     surrogates = build_surrogates(surrogate_builders)
 
     run_info = {"method": method.name, "attack": attack.name, "surrogate": surrogate_name(sur_specs),
-                "eps": attack.eps_levels,
+                "eps": attack.eps_levels, **job_info(None, cfg.dataset, protection, attack, method.crafts),
                 "config": {**plain_config(cfg), "shard": shard_info}}
     evaluation = transfer_evaluation(cfg, panel, keys, run_info)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
@@ -171,6 +255,31 @@ def run(cfg: DictConfig) -> dict:
     if shard.count > 1:
         return {**{k: v for k, v in run_info.items() if k != "config"}, "shard": shard_info, "models": {}}
     return evaluation.results
+
+
+def _hydra_job() -> tuple[str | None, list[str]]:
+    """This job's dataset choice and its command-line overrides, when Hydra runs it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None, []
+    hydra = HydraConfig.get()
+    return hydra.runtime.choices.get("dataset"), list(hydra.overrides.task)
+
+
+def job_info(dataset_name: str | None, dataset_cfg, protection: ProtectionSet | None, attack=None,
+             crafts: bool = True) -> dict:
+    """What ``results.json`` records about how a job was run, beside the config: the data, the attack's
+    iterations and step, the job's overrides (what a sweep varied) and the machine."""
+    name, overrides = _hydra_job()
+    target = str(dataset_cfg.get("_target_", "")).rsplit(".", 1)[-1]
+    info = {"dataset": data_used(dataset_name or name or target, protection)} if protection is not None else {}
+    if attack is not None:
+        info["iterations"] = attack.iterations if crafts else 0
+        info["step"] = attack.step_levels
+    info["overrides"] = overrides
+    info["environment"] = environment()
+    return info
 
 
 def crafter_options(cfg: DictConfig, canvas: Canvas, seed: int) -> dict:
@@ -208,7 +317,8 @@ def run_holdout(cfg: DictConfig, dataset, method, attack, sur_specs: dict, panel
     surrogates = build_surrogates(builders)
     families = {spec["name"]: ZOO[spec["arch"]].family for spec in [*sur_specs.values(), *panel_specs.values()]}
     run_info = {"method": method.name, "attack": attack.name, "surrogate": surrogate_name(sur_specs),
-                "eps": attack.eps_levels, "options": options_label(cfg), "dataset": type(dataset).__name__,
+                "eps": attack.eps_levels, "options": options_label(cfg), **job_info(None, cfg.dataset, None, attack),
+                "dataset": {"name": type(dataset).__name__, "photos": len(data.faces), "folds": len(data.folds)},
                 "canvas": data.canvas.to_dict(), "config": plain_config(cfg)}
     evaluation = HoldoutEvaluation(panel, families, out, run_info)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
@@ -255,12 +365,23 @@ def _people_with_masks(protection: ProtectionSet, masks: MaskSet) -> tuple[Prote
     return subset, torch.stack([masks.mask_for(name) for name in subset.names])
 
 
-def evaluate_saved(cfg: DictConfig) -> dict:
-    """``evaluate.py``: re-test a saved mask file against a panel, reading the rest from its metadata."""
-    quiet_lightning()
+def read_masks(path: str) -> MaskSet:
+    """The mask file ``path``, or one line saying why it cannot be read."""
+    try:
+        return load_masks(path)
+    except (UserError, FileNotFoundError):
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged or foreign file is the user's input, not a bug
+        raise UserError(f"{str(path)!r} is not a readable opom mask file ({type(err).__name__}: {err}); give the "
+                        f"masks.safetensors that run.py wrote in its output folder") from err
+
+
+def saved_job(cfg: DictConfig) -> tuple[MaskSet, DictConfig]:
+    """``evaluate.py``: the mask file and the job to test it with — the crafting run's config from the file's
+    metadata, with this command's panel, dataset, evaluation settings and folders."""
     if OmegaConf.is_missing(cfg, "masks"):
         raise UserError("which masks? give masks=path/to/masks.safetensors (written by run.py in its output folder)")
-    masks = load_masks(cfg.masks)
+    masks = read_masks(cfg.masks)
     saved = masks.extra.get("config")
     if not saved:
         raise UserError(f"{cfg.masks!r} has no crafting config in its metadata (it was not written by run.py); "
@@ -272,8 +393,25 @@ def evaluate_saved(cfg: DictConfig) -> dict:
     if cfg.get("dataset"):
         job.dataset = cfg.dataset
     job.evaluation = cfg.evaluation
-    if not job.blackbox:
+    return masks, job
+
+
+def validate_saved(cfg: DictConfig) -> tuple[MaskSet, DictConfig]:
+    """``evaluate.py``'s check before anything heavy (and before Hydra creates the job's folder); returns the
+    masks and the job (:func:`saved_job`)."""
+    masks, job = saved_job(cfg)
+    if not job.get("blackbox"):
         raise ConfigError("the black-box panel is empty: choose models, e.g. 'blackbox=[resnet_cosface]'")
+    check_evaluation(job.evaluation)
+    _specs(job, surrogate=cfg.whitebox)
+    OmegaConf.to_container(job.dataset, resolve=True, throw_on_missing=True)
+    return masks, job
+
+
+def evaluate_saved(cfg: DictConfig) -> dict:
+    """``evaluate.py``: re-test a saved mask file against a panel, reading the rest from its metadata."""
+    quiet_lightning()
+    masks, job = validate_saved(cfg)
     sur_specs, panel_specs = _specs(job, surrogate=cfg.whitebox)
     dataset = instantiate(job.dataset)
     protection, mask_tensor = _people_with_masks(dataset.protection_set(), masks)
@@ -281,8 +419,10 @@ def evaluate_saved(cfg: DictConfig) -> dict:
         raise UserError(f"the masks are {masks.image_size}x{masks.image_size} but the dataset's faces are "
                         f"{protection.image_size}x{protection.image_size}")
     surrogate_builders, panel, keys = _models(job, dataset, sur_specs, panel_specs, canvas=protection.canvas)
+    saved_name = (masks.extra.get("dataset") or {}).get("name") if not cfg.get("dataset") else None
+    crafted = job_info(saved_name, job.dataset, protection, instantiate(job.attack), instantiate(job.method).crafts)
     run_info = {"method": masks.method, "attack": masks.attack, "surrogate": masks.surrogate, "eps": masks.eps,
-                "masks": str(Path(cfg.masks).resolve())}
+                "masks": str(Path(cfg.masks).resolve()), **crafted}
     evaluation = transfer_evaluation(job, panel, keys, run_info)
     surrogates = {name: build() for name, build in surrogate_builders.items()} if cfg.whitebox else {}
     log.info("re-testing %d masks from %s -> %s", len(mask_tensor), cfg.masks, cfg.paths.output_dir)

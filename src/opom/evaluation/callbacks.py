@@ -13,9 +13,9 @@ import lightning as L
 from torch import nn
 
 from opom.data.alignment import Canvas
-from opom.evaluation.plots import example_strip
+from opom.evaluation.plots import example_strip, mask_preview
 from opom.evaluation.transfer import evaluate_model, mask_image_quality
-from opom.masks import MaskSet, save_masks, save_preview
+from opom.masks import MaskSet, save_masks
 
 log = logging.getLogger("opom")
 
@@ -46,29 +46,71 @@ class MaskWriter(L.Callback):
         ms = MaskSet(masks=pl_module.masks.detach().cpu(), identities=list(names), surrogate=info["surrogate"],
                      method=info["method"], attack=info["attack"], eps=info["eps"],
                      image_size=pl_module.masks.shape[-1], template=canvas.name, template_points=template.points,
-                     extra={"config": info.get("config", {})})
+                     extra={"config": info.get("config", {}), "dataset": info.get("dataset", {})})
         path = save_masks(self.output_dir / "masks.safetensors", ms)
         log.info("masks saved to %s", path)
         if self.preview:
-            save_preview(self.output_dir / "masks_preview.png", ms.masks, ms.eps)
+            mask_preview(ms.masks, ms.eps, self.output_dir / "masks_preview.png", names=ms.identities)
         if self.examples:
             k = self.max_examples
             clean = trainer.datamodule.protection.test_images[:k, 0]
-            example_strip(clean, ms.masks[:k], ms.eps, self.output_dir / "examples.png")
+            example_strip(clean, ms.masks[:k], ms.eps, self.output_dir / "examples.png", names=ms.identities[:k])
+
+
+def _ks(models: dict) -> list[int]:
+    return sorted({int(k[len("psr_top"):]) for r in models.values() for k in r if k.startswith("psr_top")})
 
 
 def format_table(results: dict) -> str:
-    """A Markdown table of one run's results (identification, verification at FAR 1e-3, image quality)."""
-    lines = ["| model | white-box | clean top-1 | PSR@1 | PSR@5 | PSR@10 | TAR@FAR1e-3 clean -> protected |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in results["models"].items():
-        lines.append(f"| {name} | {'yes' if r['whitebox'] else 'no'} | {r['clean_top1']:.3f} | {r['psr_top1']:.3f} "
-                     f"| {r['psr_top5']:.3f} | {r['psr_top10']:.3f} "
-                     f"| {r['tar_clean@far0.001']:.3f} -> {r['tar_protected@far0.001']:.3f} |")
+    """Markdown tables of one run's results: identification (clean top-1, PSR@k), verification at FAR 1e-3 and
+    at the model's own threshold, a flag on models that hardly recognise the clean photos, the robustness
+    transforms, and image quality."""
+    models = results["models"]
+    ks = _ks(models)
+    floor = results.get("min_clean_top1")
+    lines = ["| model | white-box | clean top-1 | " + " | ".join(f"PSR@{k}" for k in ks)
+             + " | TAR@FAR1e-3 clean -> protected | PSR at own threshold |",
+             "|---|---|---|" + "---|" * len(ks) + "---|---|"]
+    low = False
+    for name, r in models.items():
+        flag = " (!)" if r.get("low_clean_accuracy") else ""
+        low |= bool(flag)
+        at_thr = (f"{r['psr_at_threshold']:.3f} (t={r['threshold']:g})" if "psr_at_threshold" in r else "-")
+        lines.append(f"| {name} | {'yes' if r['whitebox'] else 'no'} | {r['clean_top1']:.3f}{flag} | "
+                     + " | ".join(f"{r.get(f'psr_top{k}', float('nan')):.3f}" for k in ks)
+                     + f" | {r['tar_clean@far0.001']:.3f} -> {r['tar_protected@far0.001']:.3f} | {at_thr} |")
+    if low:
+        lines.append(f"\n(!) clean top-1 below {floor:g}: this model hardly recognises the unprotected photos of "
+                     f"these people, so its PSR says little about the masks")
+    robust = [(name, t, rates) for name, r in models.items() for t, rates in (r.get("robustness") or {}).items()]
+    if robust:
+        lines += ["\nafter a transform of the probes (the gallery stays clean):",
+                  "| model | transform | clean top-1 | " + " | ".join(f"PSR@{k}" for k in ks)
+                  + " | PSR at own threshold |",
+                  "|---|---|---|" + "---|" * len(ks) + "---|"]
+        for name, t, rates in robust:
+            at_thr = f"{rates['psr_at_threshold']:.3f}" if "psr_at_threshold" in rates else "-"
+            lines.append(f"| {name} | {t} | {rates['clean_top1']:.3f} | "
+                         + " | ".join(f"{rates.get(f'psr_top{k}', float('nan')):.3f}" for k in ks) + f" | {at_thr} |")
     quality = results.get("image_quality")
     if quality:
-        lines.append(f"\nprotected images: PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.4f}")
+        lpips = (f", LPIPS {quality['lpips']:.4f}" if "lpips" in quality
+                 else f" (no LPIPS: {quality['lpips_unavailable']})" if "lpips_unavailable" in quality else "")
+        lines.append(f"\nprotected images: PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.4f}{lpips}")
     return "\n".join(lines)
+
+
+def flat_metrics(results: dict) -> dict[str, float]:
+    """Every number of ``results["models"]`` as ``eval/<model>/<metric>`` (robustness as
+    ``eval/<model>/<transform>/<metric>``) for the loggers (``csv/metrics.csv``, wandb)."""
+    out = {}
+    for name, r in results["models"].items():
+        for k, v in r.items():
+            if isinstance(v, (int, float)):
+                out[f"eval/{name}/{k}"] = float(v)
+        for t, rates in (r.get("robustness") or {}).items():
+            out.update({f"eval/{name}/{t}/{k}": float(v) for k, v in rates.items() if isinstance(v, (int, float))})
+    return out
 
 
 class TransferEvaluation(L.Callback):
@@ -82,16 +124,19 @@ class TransferEvaluation(L.Callback):
 
     def __init__(self, panel: dict[str, Callable[[], nn.Module]], output_dir: str | Path, run_info: dict,
                  ks: tuple[int, ...] = (1, 5, 10), batch_size: int = 256, robustness: tuple[str, ...] = (),
-                 chunk: int = 8192, cache_dir: str | Path | None = None, model_keys: dict[str, dict] | None = None):
+                 chunk: int = 8192, cache_dir: str | Path | None = None, model_keys: dict[str, dict] | None = None,
+                 min_clean_top1: float = 0.5):
         self.panel, self.output_dir, self.run_info = panel, Path(output_dir), run_info
         self.ks, self.batch_size, self.robustness = tuple(ks), batch_size, tuple(robustness)
         self.chunk, self.cache_dir, self.model_keys = chunk, cache_dir, dict(model_keys or {})
+        self.min_clean_top1 = float(min_clean_top1)
         self.results: dict | None = None
 
     def _rates(self, name: str, model, data, masks, whitebox: bool) -> dict:
         rates = evaluate_model(model, data, masks, self.ks, self.batch_size, self.robustness, self.cache_dir,
                                self.model_keys.get(name), self.chunk)
-        return {**rates, "whitebox": whitebox}
+        # a PSR means little when the model did not recognise the clean photos in the first place
+        return {**rates, "whitebox": whitebox, "low_clean_accuracy": rates["clean_top1"] < self.min_clean_top1}
 
     def evaluate(self, surrogates: dict[str, nn.Module], data, masks) -> dict:
         """Results of ``masks`` on ``data`` for the surrogates (white-box; ``{name: model}``, may be empty) and the
@@ -104,18 +149,19 @@ class TransferEvaluation(L.Callback):
             models[name] = self._rates(name, model, data, masks, whitebox=False)
             del model
         info = {k: v for k, v in self.run_info.items() if k != "config"}
-        self.results = {**info, "models": models, "image_quality": mask_image_quality(data, masks)}
+        self.results = {**info, "min_clean_top1": self.min_clean_top1, "models": models,
+                        "image_quality": mask_image_quality(data, masks)}
         write_json_atomic(self.output_dir / "results.json", self.results)
-        log.info("transfer evaluation (%s, %s, surrogate %s, eps %g):\n%s", info["method"], info["attack"],
-                 info["surrogate"], info["eps"], format_table(self.results))
+        varied = f"; {' '.join(info['overrides'])}" if info.get("overrides") else ""
+        log.info("transfer evaluation (%s, %s, surrogate %s, eps %g%s):\n%s", info["method"], info["attack"],
+                 info["surrogate"], info["eps"], varied, format_table(self.results))
         return self.results
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         surrogates = {model.name: model for model in pl_module.surrogates}
         results = self.evaluate(surrogates, trainer.datamodule.protection, pl_module.masks.detach().cpu())
         for logger in trainer.loggers:
-            logger.log_metrics({f"eval/{name}/{k}": float(v) for name, r in results["models"].items()
-                                for k, v in r.items() if isinstance(v, (int, float))})
+            logger.log_metrics(flat_metrics(results))
 
 
 class WandbReport(L.Callback):

@@ -24,6 +24,13 @@ def alexnet_weights() -> Path | None:
     return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
 
 
+def lpips_unavailable() -> str:
+    """Why LPIPS is not reported (the AlexNet weights are absent), naming where to put them."""
+    where = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
+    return (f"torchvision's AlexNet weights {ALEXNET_FILE} are not at {where} nor at $OPOM_LPIPS_ALEXNET "
+            f"(never downloaded; copy them there to get LPIPS)")
+
+
 @functools.lru_cache(maxsize=2)
 def _model(path: str):
     from torchmetrics.functional.image.lpips import _NoTrainLpips

@@ -1,4 +1,4 @@
-"""Pure metric functions of the evaluation protocol (shared/design/method.md section 6)."""
+"""Pure metric functions of the evaluation protocol (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,46 @@ import torch.nn.functional as F
 
 
 def apply_mask_uint8(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """The reference's protected probe: ``uint8(clip(x + delta, 0, 255))`` with truncation, not rounding.
+    """The reference's protected probe: ``uint8(clip(x + m, 0, 255))`` — truncation, not rounding.
 
-    images: uint8 (..., 3, H, W); masks: float in [0, 1] image units, broadcastable to images.
-    The mask is converted to grey levels and rounded to 1e-4 of a level first: a float32 mask of exactly
-    -8/255 is -8.0000005 levels, which truncation would otherwise turn into a 9-level change.
+    images: uint8 (..., 3, H, W); masks: float in [0, 1] image units (as crafted and saved), broadcastable to
+    images. The mask is turned into grey levels in float32, the precision it is stored in, which gives back
+    whole levels exactly (a saved -8/255 becomes -8.0, not -8.0000005); the sum is then formed in float64, clipped
+    and truncated as the authors' evaluation does with its float mask in grey levels. A mask a hair below a
+    whole level (2.99996) stays below it: the pixel moves by 2 levels, as in the reference.
     """
-    levels = torch.round(masks.to(torch.float64) * 255.0, decimals=4)
-    x = images.to(torch.float64) + levels
+    levels = masks.to(torch.float32) * 255.0
+    x = images.to(torch.float64) + levels.to(torch.float64)
     return x.clamp_(0, 255).floor_().to(torch.uint8)
+
+
+# Two cosine scores closer than this are a tie (ties go to the genuine image). Embeddings are float32 (about 7
+# significant digits), so scores that agree to 1e-9 cannot be told apart; the float64 scores of one pair of
+# embeddings differ by ~1e-16 between matrix products of different shapes, which this absorbs.
+TIE_TOLERANCE = 1e-9
+
+
+def cosine_scores(probes: torch.Tensor, rows: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+    """Cosine similarities (P, R) in float64 of probes (P, D) and rows (R, D): the one scoring kernel of the
+    evaluation (genuine and distractor scores alike). ``normalized``: both are unit float64 already."""
+    if not normalized:
+        probes, rows = F.normalize(probes.double(), dim=-1), F.normalize(rows.double(), dim=-1)
+    return probes @ rows.T
+
+
+def _pair_scores(probes: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """(I, T, T) scores of each identity's probes (rows) against its own gallery images (columns), with
+    :func:`cosine_scores`."""
+    p, g = F.normalize(probes.double(), dim=-1), F.normalize(gallery.double(), dim=-1)
+    return torch.stack([cosine_scores(p[a], g[a], normalized=True) for a in range(p.shape[0])]) if len(p) else \
+        torch.empty(0, probes.shape[1], gallery.shape[1], dtype=torch.float64)
 
 
 class RankCounter:
     """Streams distractors past fixed probes and counts, per probe and genuine gallery image, the distractors
-    strictly more similar to the probe than that gallery image (its 0-based rank; ties go to the genuine image).
+    more similar to the probe than that gallery image (its 0-based rank). Ties go to the genuine image: a
+    distractor counts only when it scores more than :data:`TIE_TOLERANCE` above it, so an exact duplicate of the
+    genuine image among the distractors does not push it down.
 
     probes, gallery: (I, T, D) embeddings of each identity's T test images (probes possibly protected or
     transformed, gallery clean). Feed distractor embeddings with :meth:`update` in any chunking; memory is
@@ -31,20 +57,29 @@ class RankCounter:
 
     def __init__(self, probes: torch.Tensor, gallery: torch.Tensor):
         n_id, t, _ = probes.shape
-        p, g = F.normalize(probes.double(), dim=-1), F.normalize(gallery.double(), dim=-1)
         self.shape = (n_id, t)
-        self.probes = p.reshape(n_id * t, -1)
-        self.genuine = torch.einsum("aid,ajd->aij", p, g).reshape(n_id * t, t)
+        self.probes = F.normalize(probes.double(), dim=-1).reshape(n_id * t, -1)
+        self.genuine = _pair_scores(probes, gallery).reshape(n_id * t, t)
+        self._bar = self.genuine + TIE_TOLERANCE
         self.above = torch.zeros(n_id * t, t, dtype=torch.long)
 
-    def update(self, distractors: torch.Tensor, normalized: bool = False) -> None:
+    def scores(self, distractors: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+        """Similarities (I*T, chunk) of the probes to a chunk of distractors."""
         d = distractors.double() if normalized else F.normalize(distractors.double(), dim=-1)
-        self.add_scores(self.probes @ d.T)
+        return cosine_scores(self.probes, d, normalized=True)
+
+    def update(self, distractors: torch.Tensor, normalized: bool = False) -> None:
+        self.add_scores(self.scores(distractors, normalized))
 
     def add_scores(self, sims: torch.Tensor) -> None:
         """Count a chunk given its similarities to the probes, (I*T, chunk) — to share one matmul."""
         for j in range(self.shape[1]):
-            self.above[:, j] += (sims > self.genuine[:, j:j + 1]).sum(dim=1)
+            self.above[:, j] += (sims > self._bar[:, j:j + 1]).sum(dim=1)
+
+    def genuine_pairs(self) -> torch.Tensor:
+        """The genuine scores of every ordered pair (i, j), i != j, flattened (I * T * (T - 1))."""
+        n_id, t = self.shape
+        return self.genuine.view(n_id, t, t)[:, ~torch.eye(t, dtype=torch.bool)].flatten()
 
     def hits(self, ks: tuple[int, ...]) -> tuple[dict[int, torch.Tensor], int]:
         """Per-identity rank-k hit counts ``{k: (I,) long}`` over the ordered pairs (i, j), i != j, and the
@@ -75,9 +110,15 @@ def rates_from_hits(clean: RankCounter, protected: RankCounter, ks: tuple[int, .
     clean_hits, trials = clean.hits(ks)
     prot_hits, _ = protected.hits(ks)
     total = trials * clean.shape[0]
-    out = {f"clean_top{k}": clean_hits[k].sum().item() / total for k in ks}
-    out.update({f"psr_top{k}": 1.0 - prot_hits[k].sum().item() / total for k in ks})
+    out = {f"clean_top{k}": fraction(clean_hits[k].sum().item(), total) for k in ks}
+    out.update({f"psr_top{k}": fraction(total - prot_hits[k].sum().item(), total) for k in ks})
     return out
+
+
+def fraction(count: int, total: int) -> float:
+    """count / total from whole numbers, correctly rounded (0.315, never 1 - 0.685 = 0.31499999999999995);
+    nan when there is nothing to count."""
+    return int(count) / int(total) if total else float("nan")
 
 
 def protection_rates(clean: torch.Tensor, protected: torch.Tensor, distractors: torch.Tensor,
@@ -210,16 +251,15 @@ def tar_at_far(genuine: torch.Tensor, impostor: torch.Tensor,
     histogram.add(impostor)
     lowest = impostor.min().item() if len(impostor) else 0.0
     gen = genuine.double().flatten()
-    return {far: (thr, (gen >= thr).double().mean().item())
+    return {far: (thr, fraction((gen >= thr).sum().item(), gen.numel()))
             for far, thr in thresholds_at_far(histogram, fars, lambda: [impostor], lowest).items()}
 
 
 def genuine_scores(probes: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
     """Cosine scores of every ordered pair (i, j), i != j, of an identity's probes and gallery images,
-    flattened (I * T * (T - 1))."""
+    flattened (I * T * (T - 1)) — the same kernel as the ranking's (:func:`cosine_scores`)."""
     t = probes.shape[1]
-    p, g = F.normalize(probes.double(), dim=-1), F.normalize(gallery.double(), dim=-1)
-    return torch.einsum("aid,ajd->aij", p, g)[:, ~torch.eye(t, dtype=torch.bool)].flatten()
+    return _pair_scores(probes, gallery)[:, ~torch.eye(t, dtype=torch.bool)].flatten()
 
 
 def verification_scores(probes: torch.Tensor, gallery: torch.Tensor,
@@ -228,16 +268,16 @@ def verification_scores(probes: torch.Tensor, gallery: torch.Tensor,
 
     genuine: :func:`genuine_scores`; impostor: every probe against every distractor (I * T * M).
     """
-    p, d = F.normalize(probes.double(), dim=-1), F.normalize(distractors.double(), dim=-1)
-    return genuine_scores(probes, gallery), (p.flatten(0, -2) @ d.T).flatten()
+    return genuine_scores(probes, gallery), cosine_scores(probes.flatten(0, -2), distractors).flatten()
 
 
 def image_quality(clean: torch.Tensor, protected: torch.Tensor) -> dict[str, float]:
     """PSNR (dB) and SSIM of protected against clean uint8 images (B, 3, H, W), averaged over images, and
-    LPIPS when its AlexNet weights are present (:mod:`opom.evaluation.lpips`)."""
+    LPIPS when its AlexNet weights are present (:mod:`opom.evaluation.lpips`); else ``lpips_unavailable`` says
+    why."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-    from opom.evaluation.lpips import lpips_distance
+    from opom.evaluation.lpips import lpips_distance, lpips_unavailable
 
     x, y = clean.double() / 255.0, protected.double() / 255.0
     psnr = peak_signal_noise_ratio(y, x, data_range=1.0, reduction="none", dim=(1, 2, 3))
@@ -248,4 +288,6 @@ def image_quality(clean: torch.Tensor, protected: torch.Tensor) -> dict[str, flo
     lpips = lpips_distance(clean, protected)
     if lpips is not None:
         out["lpips"] = lpips
+    else:
+        out["lpips_unavailable"] = lpips_unavailable()
     return out

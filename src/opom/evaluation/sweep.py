@@ -1,4 +1,9 @@
-"""After a multirun: collect every job's ``results.json`` into one table (CSV and Markdown) and figures."""
+"""After a multirun: collect every job's ``results.json`` into one table (CSV and Markdown) and figures.
+
+Rows are jobs, named by method, attack, surrogate and eps, plus every other setting the sweep varied (read from
+each job's overrides: ``-m attack.iterations=2,16`` adds an ``attack.iterations`` column), so no two rows look
+alike unless their jobs were alike.
+"""
 
 from __future__ import annotations
 
@@ -24,52 +29,108 @@ def _results(sweep_dir: Path) -> list[tuple[Path, dict]]:
             if r.get("models") and r.get("protocol") != "holdout"]  # held-out-photo jobs: transfer_matrix.*
 
 
+# overrides shown by the fixed columns already
+_SHOWN = {"method", "attack", "surrogate", "attack.eps"}
+
+
+def _overrides(path: Path, res: dict) -> dict[str, str]:
+    """A job's command-line overrides as {key: value}: from results.json, else Hydra's record of the job."""
+    listed = res.get("overrides")
+    if listed is None:
+        saved = path.parent / ".hydra" / "overrides.yaml"
+        listed = list(OmegaConf.load(saved)) if saved.exists() else []
+    out = {}
+    for item in listed or []:
+        key, _, value = str(item).partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def varied_settings(jobs: list[tuple[Path, dict]]) -> list[dict[str, str]]:
+    """Per job, the overrides that differ between the jobs (beyond method, attack, surrogate and eps)."""
+    given = [_overrides(p, r) for p, r in jobs]
+    keys = [k for k in dict.fromkeys(k for g in given for k in g) if k not in _SHOWN]
+    varied = [k for k in keys if len({g.get(k) for g in given}) > 1]
+    return [{k: g.get(k, "") for k in varied} for g in given]
+
+
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 12) if values else float("nan")  # no float noise (0.281, not ...997)
+
+
 def collect(sweep_dir: Path, k: int = 1) -> list[dict]:
-    """One row per job: method, attack, surrogate, eps, then PSR@k per black-box model and their mean."""
+    """One row per job: method, attack, surrogate, eps, the varied settings, then PSR@k per black-box model and
+    their mean (and, for the clean line, each model's clean top-k and whether it is too low to mean much)."""
     rows = []
-    for path, res in _results(sweep_dir):
+    jobs = _results(sweep_dir)
+    for (path, res), settings in zip(jobs, varied_settings(jobs), strict=True):
         metric, clean = f"psr_top{k}", f"clean_top{k}"
         row = {key: res[key] for key in ("method", "attack", "surrogate", "eps")}
+        row["settings"] = settings
         bb = {n: r for n, r in res["models"].items() if not r["whitebox"]}
         wb = [r for r in res["models"].values() if r["whitebox"]]
         row["whitebox"] = wb[0].get(metric, float("nan")) if wb else float("nan")
         row.update({n: r.get(metric, float("nan")) for n, r in bb.items()})
-        row["mean"] = sum(row[n] for n in bb) / max(len(bb), 1)
+        row["mean"] = _mean([row[n] for n in bb])
         row["clean"] = {n: r.get(clean, float("nan")) for n, r in bb.items()}
+        row["low"] = {n: bool(r.get("low_clean_accuracy")) for n, r in bb.items()}
+        row["min_clean_top1"] = res.get("min_clean_top1")
         row["job"] = str(path.parent.relative_to(sweep_dir))
         rows.append(row)
     return rows
 
 
 def models_of(rows: list[dict]) -> list[str]:
-    return [k for k in rows[0] if k not in FIXED]
+    """The black boxes of every job, in order of appearance (jobs of a sweep may test different panels)."""
+    return plots.models_of(rows)
 
 
 def long_rows(sweep_dir: Path) -> list[dict]:
-    """Every scalar metric of every model of every job, one row each (job, method, attack, surrogate, eps,
-    model, whitebox, metric, value) — for plotting tools and spreadsheets."""
+    """Every scalar metric of every model of every job, one row each (job, method, attack, surrogate, eps, the
+    varied settings, model, whitebox, transform, metric, value; transform is empty for the untransformed probes)
+    — for plotting tools and spreadsheets."""
     out = []
-    for path, res in _results(sweep_dir):
+    jobs = _results(sweep_dir)
+    for (path, res), settings in zip(jobs, varied_settings(jobs), strict=True):
         base = {"job": str(path.parent.relative_to(sweep_dir)), **{k: res[k] for k in ("method", "attack",
-                                                                                     "surrogate", "eps")}}
+                                                                                     "surrogate", "eps")},
+                **settings}
         for model, r in res["models"].items():
-            for metric, value in r.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    out.append({**base, "model": model, "whitebox": r["whitebox"], "metric": metric, "value": value})
+            blocks = [("", r), *((t, rates) for t, rates in (r.get("robustness") or {}).items())]
+            for transform, block in blocks:
+                for metric, value in block.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        out.append({**base, "model": model, "whitebox": r["whitebox"], "transform": transform,
+                                    "metric": metric, "value": value})
     return out
+
+
+def _clean_cell(rows: list[dict], model: str) -> str:
+    """A model's clean accuracy over the jobs: one value, or min-max when the jobs' worlds differ; (!) when low."""
+    values = sorted({r["clean"][model] for r in rows if model in r["clean"]})
+    if not values:
+        return "-"
+    text = f"{values[0]:.3f}" if len(values) == 1 else f"{values[0]:.3f}-{values[-1]:.3f}"
+    return text + (" (!)" if any(r.get("low", {}).get(model) for r in rows) else "")
 
 
 def to_markdown(rows: list[dict], k: int = 1) -> str:
     models = models_of(rows)
-    head = "| method | attack | surrogate | eps | white-box | " + " | ".join(models) + " | mean |"
-    lines = [head, "|" + "---|" * (6 + len(models))]
+    settings = list(rows[0].get("settings") or {})
+    head = ("| method | attack | surrogate | eps | " + "".join(f"{s} | " for s in settings) + "white-box | "
+            + " | ".join(models) + " | mean |")
+    lines = [head, "|" + "---|" * (6 + len(settings) + len(models))]
     for r in rows:
         vals = " | ".join(f"{r.get(m, float('nan')):.3f}" for m in models)
-        lines.append(f"| {r['method']} | {r['attack']} | {r['surrogate']} | {r['eps']:g} | {r['whitebox']:.3f} | "
-                     f"{vals} | {r['mean']:.3f} |")
-    clean = rows[0]["clean"]
-    accuracies = " | ".join(f"{clean.get(m, float('nan')):.3f}" for m in models)
-    lines.append(f"| *clean top-{k} accuracy* | | | | | {accuracies} | |")
+        extra = "".join(f"{r['settings'].get(s, '')} | " for s in settings)
+        lines.append(f"| {r['method']} | {r['attack']} | {r['surrogate']} | {r['eps']:g} | {extra}"
+                     f"{r['whitebox']:.3f} | {vals} | {r['mean']:.3f} |")
+    accuracies = " | ".join(_clean_cell(rows, m) for m in models)
+    lines.append(f"| *clean top-{k} accuracy* | | | | " + "| " * len(settings) + f"| {accuracies} | |")
+    if any(any(r.get("low", {}).values()) for r in rows):
+        floor = rows[0].get("min_clean_top1")
+        lines.append(f"\n(!) clean top-1 below {floor if floor is not None else 'the floor'}: the model hardly "
+                     f"recognises the unprotected photos, so its PSR says little about the masks")
     return "\n".join(lines)
 
 
@@ -85,7 +146,10 @@ def write_summary(sweep_dir: Path) -> tuple[list[dict], dict[str, Path]]:
         if any(r["mean"] == r["mean"] for r in rows_k):  # not NaN: the jobs measured rank k
             sections.append(f"PSR@{k}\n\n{to_markdown(rows_k, k)}\n")
     (sweep_dir / "summary.md").write_text("\n".join(sections))
-    _write_csv(sweep_dir / "summary.csv", rows, [k for k in rows[0] if k != "clean"])
+    settings = list(rows[0]["settings"])
+    flat = [{**{k: v for k, v in r.items() if k not in ("clean", "low", "settings")}, **r["settings"]} for r in rows]
+    fields = ["method", "attack", "surrogate", "eps", *settings, "whitebox", *models_of(rows), "mean", "job"]
+    _write_csv(sweep_dir / "summary.csv", flat, fields)
     long = long_rows(sweep_dir)
     _write_csv(sweep_dir / "summary_long.csv", long, list(long[0]) if long else [])
     figures = {"psr_per_model": plots.psr_per_model(rows, sweep_dir / "psr_per_model.png"),
@@ -112,7 +176,9 @@ def log_to_wandb(config: DictConfig, sweep_dir: Path, rows: list[dict], figures:
     logger = OmegaConf.to_container(config.logger, resolve=False)
     faces = config.get("privacy", {}).get("face_images") is True
     models = models_of(rows)
-    columns = ["method", "attack", "surrogate", "eps", "whitebox", *models, "mean"]
+    settings = list(rows[0]["settings"])
+    columns = ["method", "attack", "surrogate", "eps", *settings, "whitebox", *models, "mean"]
+    rows = [{**r, **r["settings"]} for r in rows]
     run = wandb.init(project=logger.get("project", "opom"), group=wandb_group("MULTIRUN", str(sweep_dir)),
                      name="summary", job_type="sweep-summary", dir=str(sweep_dir),
                      mode="offline" if logger.get("offline", True) else "online", reinit="finish_previous")
