@@ -87,7 +87,7 @@ def test_choices_come_from_the_config_folder(tmp_path, capsys):
     (["experiment=paper_commons"], "'paper.weights' must be given"),
     (["dataset=folder"], "'dataset.root' must be given"),
     (["method=convex_hull,class_center"], "--multirun"),
-    (["surrogate.checkpoint=multirun/x/method=a,seed=1/w.pth"], "must be quoted, e.g. surrogate.checkpoint='"),
+    (["surrogate.arcface.checkpoint=multirun/x/method=a,seed=1/w.pth"], "must be quoted, e.g. surrogate.arcface.checkpoint='"),
 ])
 def test_values_that_cannot_work_are_one_line(argv, message, capsys):
     assert message in _check(argv, capsys)
@@ -103,8 +103,8 @@ def test_good_command_lines_pass():
 def test_random_bytes_as_weights_are_one_line(suffix, tmp_path, capsys):
     weights = tmp_path / f"w{suffix}"
     weights.write_bytes(os.urandom(5000))
-    err = _check([f"surrogate.checkpoint={weights}"], capsys)
-    assert "weights of 'surrogate'" in err and str(weights) in err
+    err = _check([f"surrogate.arcface.checkpoint={weights}"], capsys)
+    assert "weights of 'surrogate.arcface'" in err and str(weights) in err
 
 
 def test_random_bytes_as_a_mask_file_are_one_line(tmp_path, capsys):

@@ -5,7 +5,7 @@ the paper's recipes in conf/fr_recipe/). Lightning provides mixed precision (``t
 multi-GPU and multi-node strategies (``trainer.devices``, ``trainer.strategy``, ``trainer.num_nodes``) and
 resumable checkpoints (``resume=<output_dir>/checkpoints/last.ckpt``). At the end the backbone is exported
 as ``backbone.safetensors`` and ``backbone.pth`` (a plain state dict in the architecture's public key
-layout), ready for ``surrogate.checkpoint=`` / ``blackbox``.
+layout), ready for ``surrogate.<name>.checkpoint=`` / ``blackbox``.
 """
 
 from __future__ import annotations
