@@ -87,7 +87,8 @@ def test_choices_come_from_the_config_folder(tmp_path, capsys):
     (["experiment=paper_commons"], "'paper.weights' must be given"),
     (["dataset=folder"], "'dataset.root' must be given"),
     (["method=convex_hull,class_center"], "--multirun"),
-    (["surrogate.arcface.checkpoint=multirun/x/method=a,seed=1/w.pth"], "must be quoted, e.g. surrogate.arcface.checkpoint='"),
+    (["surrogate.arcface.checkpoint=multirun/x/method=a,seed=1/w.pth"],
+     "must be quoted, e.g. surrogate.arcface.checkpoint='"),
 ])
 def test_values_that_cannot_work_are_one_line(argv, message, capsys):
     assert message in _check(argv, capsys)
