@@ -1,10 +1,10 @@
 """``opom web`` in a real browser: headless Chromium (Debian's ``chromium`` + ``chromium-driver``) drives the page.
 
-One end-to-end run on the real test photos (``make test-assets``) with the real models: upload 3 photos and make
-the mask (a tiny enrolment: 2 iterations; ``OPOM_WEB_TEST_ITERATIONS=`` for the default 16), save the mask file,
-protect a photo of the person, one of someone else and a file that is not a photo, download the protected copy,
-ask "still recognised?", then in a second tab: a bad enrolment gets the CLI's error line and the saved mask file
-loads. Screenshots of every step are kept as test artefacts in ``outputs/test-artefacts/web/`` (or
+One end-to-end run on the real test photos (``make test-assets``) with the real models: upload 3 photos and make the
+mask (a small enrolment: the paper preset, eps 16, 6 iterations; ``OPOM_WEB_TEST_ITERATIONS=`` for the preset's),
+save the mask file, protect a photo of the person, one of someone else and a file that is not a photo, download the
+protected copy, ask "still recognised?", then in a second tab: a bad enrolment gets the CLI's error line and the
+saved mask file loads. Screenshots of every step are kept as test artefacts in ``outputs/test-artefacts/web/`` (or
 ``$OPOM_TEST_ARTEFACTS/web/``). Skipped, saying why, without Chromium.
 """
 
@@ -135,6 +135,7 @@ def screenshot(driver, path: Path, full: bool = True) -> None:
 
 def test_page_upload_enroll_protect_download_check_in_chromium(browser, photos, server, artefacts, capsys):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     from opom.cloak.mask import load_person_mask
 
@@ -146,7 +147,9 @@ def test_page_upload_enroll_protect_download_check_in_chromium(browser, photos, 
 
     # 1. enroll: three photos of one person, a tiny enrolment
     find(By.CSS_SELECTOR, "#step-enroll details.advanced summary").click()
-    find(By.ID, "enroll-iterations").send_keys(os.environ.get("OPOM_WEB_TEST_ITERATIONS", "2"))  # "": the default
+    Select(find(By.ID, "enroll-strength")).select_by_value("paper")  # one surrogate: quick
+    find(By.ID, "enroll-eps").send_keys("16")  # a small enrolment that still fools its own surrogate
+    find(By.ID, "enroll-iterations").send_keys(os.environ.get("OPOM_WEB_TEST_ITERATIONS", "6"))  # "": the preset's
     find(By.ID, "enroll-input").send_keys("\n".join(str(photos / f"{n}.jpg") for n in ("obama", "obama2", "obama3")))
     assert len(browser.find_elements(By.CSS_SELECTOR, "#enroll-list img")) == 3
     find(By.ID, "enroll-go").click()

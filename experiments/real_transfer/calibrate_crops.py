@@ -57,7 +57,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     export_source_photos(work / "photos" / "all")
-    prepare(work / "photos", work / "aligned", choose="all", template="arcface_112", workers=1, progress=False)
+    prepare(work / "photos", work / "aligned", choose="all", template="arcface_112", workers=1, progress=False,
+            detector="mtcnn")  # the HSE box is the MTCNN box plus a margin
     dlib = _require_dlib()
     predictor = dlib.shape_predictor(str(dlib_model_dir() / LANDMARKS_FILE))
     chips, boxes, pixel_err = [], [], []

@@ -3,7 +3,7 @@
 HTTP API (all JSON unless a file; ``{sid}`` is the tab's session, created by the page on load):
 
 - ``POST /api/session`` -> ``{"session", "max_upload_mb"}``; ``POST /api/s/{sid}/close`` ends it (files removed);
-- ``POST /api/s/{sid}/enroll`` (multipart: ``files``, ``name``, ``eps``, ``iterations``) -> ``{"job"}``;
+- ``POST /api/s/{sid}/enroll`` (multipart: ``files``, ``name``, ``strength``, ``eps``, ``iterations``) -> ``{"job"}``;
 - ``POST /api/s/{sid}/protect`` (multipart: ``files``, ``choose``, ``strip_location``) -> ``{"job"}``;
 - ``POST /api/s/{sid}/check`` -> ``{"job"}``; ``GET /api/s/{sid}/jobs/{job}`` -> the job's state and result;
 - ``POST /api/s/{sid}/mask`` (multipart: ``file``) loads a mask file; ``GET /api/s/{sid}/mask`` saves it;
@@ -182,9 +182,10 @@ async def enroll(request: web.Request) -> web.Response:
         if not files:
             raise UserError("no photos: drop 3-10 photos of yourself")
         name = (fields.get("name") or "").strip() or "me"
-        eps = number(fields, "eps", float, "the strength (eps)")
+        eps = number(fields, "eps", float, "the largest change per pixel (eps)")
         iterations = number(fields, "iterations", int, "iterations")
-        return lambda job: tasks.enroll_task(session, job, files, name, eps, iterations, detector)
+        strength = (fields.get("strength") or "").strip() or None
+        return lambda job: tasks.enroll_task(session, job, files, name, eps, iterations, detector, strength)
 
     return await start_job(request, "enroll", True, work)
 

@@ -62,11 +62,11 @@ def use_mask(session: Session, path: Path, enrolment_photos: list[Path] | None =
 
 
 def enroll_task(session: Session, job: Job, photos: list[Path], name: str, eps: float | None,
-                iterations: int | None, detector=None) -> dict:
+                iterations: int | None, detector=None, strength: str | None = None) -> dict:
     from opom.cloak import enroll
     from opom.cloak.enroll import EnrollSettings
 
-    chosen = {"eps": eps, "iterations": iterations}
+    chosen = {"eps": eps, "iterations": iterations, "strength": strength}
     settings = EnrollSettings(**{k: v for k, v in chosen.items() if v is not None})  # the rest: the CLI's defaults
     out = job.folder / "mask" / f"{safe_name(name, 'me')}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -179,6 +179,7 @@ async function enroll() {
   const form = new FormData();
   for (const f of state.enrollFiles) form.append("files", f, f.name);
   form.append("name", $("enroll-name").value);
+  form.append("strength", $("enroll-strength").value);
   form.append("eps", $("enroll-eps").value);
   form.append("iterations", $("enroll-iterations").value);
   try {
