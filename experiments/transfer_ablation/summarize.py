@@ -62,7 +62,7 @@ def summarize(rows: list[dict]) -> tuple[list[dict], list[str]]:
 def markdown(entries: list[dict], targets: list[str]) -> str:
     head = ("| option | mask | eps | " + " | ".join(f"{t} (held out)" for t in targets)
             + " | mean | mean rank-1 | face PSNR dB | face SSIM | s per identity |")
-    lines = [head, "|" + "---|" * (len(targets) + 9)]
+    lines = [head, "|" + "---|" * (len(targets) + 8)]
     for e in entries:
         cells = [f"{e['targets'][t]:.2f}" if t in e["targets"] else "-" for t in targets]
         eps = f"{e['eps']:g}" if e["mask"] == "universal" else f"{e['eps_used']:g}"
