@@ -59,12 +59,14 @@ def default_world(overrides: list[str] = ()):
     from omegaconf import OmegaConf
 
     from opom.models.zoo import build_face_model
+    from opom.pipeline import surrogate_specs
 
     cfg = compose_run(overrides)
     dataset = instantiate(cfg.dataset)
     protection = dataset.protection_set()
-    surrogate = build_face_model(OmegaConf.to_container(cfg.surrogate, resolve=True), dataset,
-                                 OmegaConf.to_container(cfg.fr_train, resolve=True), cfg.paths.cache_dir)
+    (spec, *_) = surrogate_specs(cfg).values()  # the first surrogate (the default names one)
+    surrogate = build_face_model(spec, dataset, OmegaConf.to_container(cfg.fr_train, resolve=True),
+                                 cfg.paths.cache_dir)
     return cfg, protection, surrogate
 
 
