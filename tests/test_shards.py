@@ -108,6 +108,18 @@ def test_random_noise_shards_equal_the_whole_job(tiny_overrides, tmp_path):
     assert merged.identities == whole.identities and torch.equal(merged.masks, whole.masks)
 
 
+def test_masks_kept_on_disk_equal_masks_kept_in_memory(tiny_overrides, tmp_path):
+    """crafting.mask_store=disk (one batch in memory, the rest in a scratch file): the same mask file and results,
+    and no scratch file left in the output folder."""
+    overrides = [*tiny_overrides, *SHARDED, *HULL]
+    memory = _run_in_process([*overrides, "crafting.mask_store=memory"], tmp_path / "memory")
+    disk = _run_in_process([*overrides, "crafting.mask_store=disk"], tmp_path / "disk")
+    a, b = load_masks(tmp_path / "memory" / "masks.safetensors"), load_masks(tmp_path / "disk" / "masks.safetensors")
+    assert a.masks.abs().max() > 0 and torch.equal(a.masks, b.masks) and a.identities == b.identities
+    assert memory["models"] == disk["models"]
+    assert not [p.name for p in (tmp_path / "disk").iterdir() if p.name.startswith(".masks-")]
+
+
 def test_two_processes_craft_the_masks_of_one(tiny_overrides, tmp_path):
     """FIM and DFANet+MI, each as one in-process job and as 2 shards in 2 joblib processes, merged at the end."""
     attacks = ["fim", "dfanet_mi"]

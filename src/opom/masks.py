@@ -45,12 +45,16 @@ class MaskSet:
         return self.masks[self.identities.index(identity)]
 
 
-def save_masks(path: str | Path, ms: MaskSet) -> Path:
-    meta = {"format": FORMAT, "identities": json.dumps(ms.identities), "surrogate": ms.surrogate, "method": ms.method,
+def mask_metadata(ms: MaskSet) -> dict[str, str]:
+    """What a mask file says about its masks (safetensors metadata: strings only)."""
+    return {"format": FORMAT, "identities": json.dumps(ms.identities), "surrogate": ms.surrogate, "method": ms.method,
             "attack": ms.attack, "eps": repr(float(ms.eps)), "image_size": str(ms.image_size), "template": ms.template,
             "template_points": json.dumps([list(p) for p in ms.template_points]), "version": ms.version,
             "extra": json.dumps(ms.extra, default=str)}
-    atomic_save({"masks": ms.masks.detach().float().cpu()}, Path(path), meta)
+
+
+def save_masks(path: str | Path, ms: MaskSet) -> Path:
+    atomic_save({"masks": ms.masks.detach().float().cpu()}, Path(path), mask_metadata(ms))
     return Path(path)
 
 
