@@ -139,3 +139,30 @@ def test_two_processes_craft_the_masks_of_one(tiny_overrides, tmp_path):
         assert torch.equal(merged.masks, whole.masks), (attack, (merged.masks - whole.masks).abs().max())
         assert merged.extra["config"]["shard"] == whole.extra["config"]["shard"]
         assert len(merged.extra["merged_from"]) == 2
+
+
+@pytest.mark.slow
+def test_submitit_jobs_craft_the_masks_of_one(tiny_overrides, tmp_path):
+    """The SLURM path run locally: Hydra's submitit launcher (``hydra/launcher=submitit_local``, the same
+    submitit job arrays as ``experiment=scale_slurm`` without the SLURM queue) runs 2 shards x 2 attacks as 4
+    submitit jobs; the masks merged at the end of the sweep equal one in-process job's, bit for bit."""
+    attacks = ["fim", "dfanet_mi"]
+    whole = {}
+    for attack in attacks:  # first: this also trains the tiny models the jobs then find in the cache
+        _run_in_process([*tiny_overrides, *SHARDED, *HULL, f"attack={attack}"], tmp_path / attack)
+        whole[attack] = load_masks(tmp_path / attack / "masks.safetensors")
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20",
+           f"hydra.sweep.dir={sweep}", "shard.count=2", "shard.index=0,1", f"attack={','.join(attacks)}",
+           *tiny_overrides, *SHARDED, *HULL]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Submitit 'local' sweep output dir" in done.stdout + done.stderr
+    assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 4  # four submitit jobs ran
+    for attack in attacks:
+        merged = load_masks(sweep / f"merged-convex_hull-{attack}-arcface-eps8" / "masks.safetensors")
+        assert merged.identities == whole[attack].identities and len(merged.identities) == 5
+        assert whole[attack].masks.abs().max() > 0
+        assert torch.equal(merged.masks, whole[attack].masks), (attack, (merged.masks - whole[attack].masks).abs().max())
+        assert len(merged.extra["merged_from"]) == 2
