@@ -2,6 +2,7 @@
 and where every millisecond of a crafting step goes.
 
     python experiments/benchmarks/bench_crafting.py [--quick] [--rounds R] [--modes wall,cpu1] [--out FILE.md]
+    python experiments/benchmarks/bench_crafting.py --device cuda --modes wall --out crafting_throughput_gpu.md
 
 For each setting, one round = one full crafting run exactly as the pipeline runs it (``Trainer.fit`` of
 ``MaskCrafter`` over one batch of identities for every attack iteration: data loading, clean features,
@@ -21,6 +22,9 @@ Every crafting round is also timed part by part (the crafter's methods wrapped w
 forward on the perturbed images, the clean features, the loss with its projection, the backward pass, the
 attack update with the mask write-back, logging, the rest of the step, and Lightning's loop with data loading
 (the epoch minus the steps). The breakdown table gives the median ms per step.
+
+On a GPU (``--device cuda``) every timed part ends with a device synchronisation, so the parts add up to the
+step but lose the overlap of host and device work; the ratio columns are plain wall time.
 
 Settings: the default surrogate (small_resnet trained with ArcFace on the synthetic world) with the default
 convex hull + FIM (16 iterations, 5 class-center warm-up iterations), with DFANet+MI, and as ensembles of 2 and 4
@@ -52,13 +56,25 @@ PARTS = [("forward", "forward (perturbed)"), ("backward", "loss backward + surro
          ("log", "logging"), ("rest", "rest of the step"), ("lightning", "Lightning loop + data")]
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device(surrogates) -> torch.device:
+    return next(surrogates[0].buffers(), next(surrogates[0].parameters())).device
+
+
 def bare_seconds(surrogates, images: torch.Tensor, steps: int, clock=time.perf_counter) -> float:
     """``steps`` bare forward + input-gradient passes of every surrogate over the batch (B*N, 3, H, W)."""
-    x = images.flatten(0, 1).float().div(255).requires_grad_(True)
+    device = _device(surrogates)
+    x = images.flatten(0, 1).to(device).float().div(255).requires_grad_(True)
+    _sync(device)
     start = clock()
     for _ in range(steps):
         for surrogate in surrogates:
             torch.autograd.grad(surrogate(x).sum(), x)
+    _sync(device)
     return clock() - start
 
 
@@ -66,8 +82,10 @@ def method_passes_seconds(surrogates, images: torch.Tensor, attack, clock=time.p
     """The surrogate passes the method itself needs for one batch, with nothing else: the clean features
     (no-grad forward, once, or at every step when the attack recomputes them) and one forward + input
     gradient per step, through DFANet's dropout when the attack uses it, for every surrogate."""
-    x = images.flatten(0, 1).float().div(255)
+    device = _device(surrogates)
+    x = images.flatten(0, 1).to(device).float().div(255)
     xg = x.clone().requires_grad_(True)
+    _sync(device)
     start = clock()
     for surrogate in surrogates:
         with feature_dropout(surrogate, attack.dropout):
@@ -76,23 +94,26 @@ def method_passes_seconds(surrogates, images: torch.Tensor, attack, clock=time.p
                     with torch.no_grad():
                         surrogate(x)
                 torch.autograd.grad(surrogate(xg).sum(), xg)
+    _sync(device)
     return clock() - start
 
 
 class StepParts:
     """Time (``clock``) spent in the parts of every crafting step, by wrapping one crafter's methods."""
 
-    def __init__(self, clock):
-        self.clock, self.seconds = clock, defaultdict(float)
+    def __init__(self, clock, device: torch.device = torch.device("cpu")):
+        self.clock, self.seconds, self.device = clock, defaultdict(float), device
 
     def _wrap(self, obj, name: str, key) -> None:
         inner = getattr(obj, name)
 
         def timed(*args, **kwargs):
+            _sync(self.device)
             start = self.clock()
             try:
                 return inner(*args, **kwargs)
             finally:
+                _sync(self.device)
                 self.seconds[key() if callable(key) else key] += self.clock() - start
 
         setattr(obj, name, timed)
@@ -133,18 +154,22 @@ def measure(name, surrogates, make_method, make_attack, protection, rounds, mode
     images_per_step = protection.num_identities * protection.mask_images.shape[1]
     masks, parts = [], []
     member = surrogates if len(surrogates) > 1 else surrogates[0]
+    device = _device(surrogates)
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
     try:
         with tempfile.TemporaryDirectory() as logs:
             def craft():
-                timer = StepParts(clock)
+                timer = StepParts(clock, device)
                 seconds, m = craft_seconds(member, make_method(), make_attack(), protection,
-                                           protection.num_identities, Path(logs), clock, timer.instrument)
-                masks.append(m)
+                                           protection.num_identities, Path(logs), clock, timer.instrument,
+                                           accelerator)
+                masks.append(m.cpu())
                 parts.append(timer.per_step_ms(seconds, steps))
                 return seconds
 
             bare_seconds(surrogates, protection.mask_images, 1)  # warm-up (allocator, kernels)
-            craft_seconds(member, make_method(), make_attack(), protection, protection.num_identities)
+            craft_seconds(member, make_method(), make_attack(), protection, protection.num_identities,
+                          accelerator=accelerator)
             triples = interleaved(craft, lambda: bare_seconds(surrogates, protection.mask_images, steps, clock),
                                   lambda: method_passes_seconds(surrogates, protection.mask_images, attack, clock),
                                   rounds=rounds)
@@ -174,14 +199,18 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--modes", default="wall,cpu1", help="comma-separated clocks: wall, cpu1")
     ap.add_argument("--identities", type=int, default=16)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check: use --modes wall)")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("crafting_throughput.md"))
     args = ap.parse_args(argv)
     rounds, modes = args.rounds or 3, [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(CLOCKS)
     if unknown:
         ap.error(f"unknown --modes {sorted(unknown)}; choose from {sorted(CLOCKS)}")
+    if args.device != "cpu" and "cpu1" in modes:
+        ap.error("--modes cpu1 times the CPU; on a GPU use --modes wall")
     quiet()
     _, protection, surrogate = default_world()
+    surrogate = surrogate.to(args.device)
     batch = subset(protection, args.identities)
     hull = METHODS["convex_hull"]
     small = "small_resnet (arcface, trained)"
@@ -190,7 +219,7 @@ def main(argv=None) -> int:
                 ("2 x " + small, [surrogate, copy.deepcopy(surrogate)], hull, FIM, batch)]
     if not args.quick:
         settings += [("4 x " + small, [surrogate] + [copy.deepcopy(surrogate) for _ in range(3)], hull, FIM, batch),
-                     ("iresnet18 (random init)", [random_init("iresnet18")], lambda: hull(warmup=2),
+                     ("iresnet18 (random init)", [random_init("iresnet18").to(args.device)], lambda: hull(warmup=2),
                       lambda: FIM(iterations=8), subset(protection, 2))]
     rows, brows, ratios = [], [], {}
     for mode in modes:

@@ -92,6 +92,8 @@ class EpochTimer(L.Callback):
         self._start = self.clock()
 
     def on_train_epoch_end(self, trainer, pl_module):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
         self.seconds = self.clock() - self._start
 
 
@@ -103,7 +105,8 @@ def pipeline_log_every() -> int:
 
 
 def craft_seconds(surrogate, method, attack, protection, identities_per_batch: int, log_dir: Path | None = None,
-                  clock: Callable[[], float] = time.perf_counter, instrument: Callable | None = None):
+                  clock: Callable[[], float] = time.perf_counter, instrument: Callable | None = None,
+                  accelerator: str = "cpu"):
     """Run the crafting exactly as the pipeline does (one Trainer.fit, logging on the pipeline's logging steps)
     and return the epoch's time (``clock``: wall time by default) and the masks. ``instrument(module)`` is called
     on the crafter before the fit (e.g. to time its parts)."""
@@ -119,7 +122,7 @@ def craft_seconds(surrogate, method, attack, protection, identities_per_batch: i
     logger = CSVLogger(str(log_dir)) if log_dir else False
     trainer = L.Trainer(max_epochs=1, logger=logger, callbacks=[timer], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
-                        log_every_n_steps=pipeline_log_every(), accelerator="cpu")
+                        log_every_n_steps=pipeline_log_every(), accelerator=accelerator, devices=1)
     iterations = attack.iterations if method.crafts else 1
     trainer.fit(module, datamodule=ProtectionDataModule(protection, identities_per_batch, iterations))
     return timer.seconds, module.masks.detach().clone()

@@ -5,23 +5,26 @@ Every mask is a float32 (3, H, W) tensor: 147 KiB at 112 x 112, 147 GiB for a mi
 parameter and writes each finished batch here: a scratch file in the job's output folder, memory-mapped, whose
 written pages are handed back to the kernel after every batch (they stay in the file, not in the process). The
 file is unlinked as soon as it is created, so its disk space returns when the job ends — also when it crashes —
-and no stray file is left behind. :meth:`MaskStore.save` writes the mask file (safetensors) from it in chunks.
+and no stray file is left behind. :meth:`MaskStore.save` writes the mask file (safetensors) from it in chunks
+(:func:`write_safetensors`, which also merges shard files without reading them whole).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from opom.errors import ConfigError, UserError
 
-CHUNK_BYTES = 64 * 1024 * 1024  # rows copied at a time when saving
+CHUNK_BYTES = 64 * 1024 * 1024  # bytes of masks copied at a time when saving or merging
 
 
 class MaskStore:
@@ -62,31 +65,49 @@ class MaskStore:
         if last > first:
             self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
-    def save(self, path: str | Path, metadata: dict[str, str], name: str = "masks") -> Path:
-        """Write the masks as a safetensors file (tensor ``name``, ``metadata``) in chunks, atomically: memory for
-        one chunk, never for every mask."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        nbytes = self.shape[0] * self.row_bytes
-        header = json.dumps({"__metadata__": metadata,
-                             name: {"dtype": "F32", "shape": list(self.shape), "data_offsets": [0, nbytes]}},
-                            separators=(",", ":")).encode()
-        header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    def save(self, path: str | Path, metadata: dict[str, str]) -> Path:
+        """Write the masks as a mask file (safetensors, ``metadata``) in chunks: memory for one chunk."""
         rows = max(1, CHUNK_BYTES // self.row_bytes)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(struct.pack("<Q", len(header)) + header)
-                for start in range(0, self.shape[0], rows):
-                    stop = min(start + rows, self.shape[0])
-                    f.write(memoryview(self._map)[start * self.row_bytes:stop * self.row_bytes])
-                    self.release(start, stop)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
 
+        def chunks():
+            for start in range(0, self.shape[0], rows):
+                stop = min(start + rows, self.shape[0])
+                yield memoryview(self._map)[start * self.row_bytes:stop * self.row_bytes]
+                self.release(start, stop)
+
+        return write_safetensors(path, metadata, self.shape, chunks())
+
+
+def write_safetensors(path: str | Path, metadata: dict[str, str], shape: tuple[int, ...], chunks: Iterable,
+                      name: str = "masks") -> Path:
+    """Write one float32 tensor ``name`` of ``shape`` as a safetensors file, its data given as consecutive
+    ``chunks`` (contiguous float32 tensors or buffers), atomically (a temporary file, then a rename): memory
+    for one chunk, never for the whole tensor."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbytes = 4 * math.prod(shape)
+    header = json.dumps({"__metadata__": metadata,
+                         name: {"dtype": "F32", "shape": list(shape), "data_offsets": [0, nbytes]}},
+                        separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        written = 0
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<Q", len(header)) + header)
+            for chunk in chunks:
+                if isinstance(chunk, torch.Tensor):
+                    chunk = chunk.detach().to("cpu", torch.float32).contiguous().numpy()
+                chunk = memoryview(chunk).cast("B")
+                f.write(chunk)
+                written += len(chunk)
+        if written != nbytes:
+            raise ValueError(f"{written} bytes of data for a tensor of shape {tuple(shape)} ({nbytes} bytes)")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 STORE_CHOICES = ("auto", "memory", "disk")
 AUTO_DISK_BYTES = 2 * 2**30  # crafting.mask_store=auto keeps larger mask sets on disk

@@ -58,7 +58,9 @@ def save_masks(path: str | Path, ms: MaskSet) -> Path:
     return Path(path)
 
 
-def load_masks(path: str | Path) -> MaskSet:
+def load_masks(path: str | Path, lazy: bool = False) -> MaskSet:
+    """The mask file at ``path``; ``lazy``: its metadata only, the masks as an empty tensor of their shape on the
+    meta device (for files too large to read at once)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"mask file {str(path)!r} does not exist")
@@ -67,7 +69,7 @@ def load_masks(path: str | Path) -> MaskSet:
         if meta.get("format") != FORMAT:
             raise UserError(f"{str(path)!r} is not an opom mask file "
                             f"(format {meta.get('format')!r}, expected {FORMAT!r})")
-        masks = f.get_tensor("masks")
+        masks = torch.empty(f.get_slice("masks").get_shape(), device="meta") if lazy else f.get_tensor("masks")
     return MaskSet(masks=masks, identities=json.loads(meta["identities"]), surrogate=meta["surrogate"],
                    method=meta["method"], attack=meta["attack"], eps=float(meta["eps"]),
                    image_size=int(meta["image_size"]), template=meta["template"],
