@@ -99,22 +99,27 @@ class MaskCrafter(L.LightningModule):
         """Every identity's mask (I, 3, H, W): the parameter itself, or the mask store's memory-mapped file."""
         return self.masks.detach() if self.mask_store is None else self.mask_store.masks
 
-    def _batch_masks(self, ids: torch.Tensor) -> torch.Tensor | None:
-        """The parameter rows of this batch (a view), or None when ``ids`` are not one contiguous range."""
-        first = int(ids[0])
-        contiguous = torch.equal(ids, torch.arange(first, first + len(ids), device=ids.device))
+    def _batch_masks(self, batch: dict) -> torch.Tensor | None:
+        """The parameter rows of this batch (a view), or None when its ``ids`` are not one contiguous range."""
+        ids = batch["ids"]
+        if "rows" in batch:  # IdentityChunks: a contiguous range, given as host ints
+            (first, stop), contiguous = batch["rows"], True
+        else:
+            first, stop = int(ids[0]), int(ids[0]) + len(ids)
+            contiguous = torch.equal(ids, torch.arange(first, stop, device=ids.device))
         if self.mask_store is not None:  # the parameter is the batch
             if not contiguous:
                 raise ValueError("a mask store needs batches of consecutive identities (IdentityChunks)")
-            if self.masks.shape[0] != len(ids):
-                self.masks.data = self.masks.new_zeros(len(ids), *self.masks.shape[1:])
+            if self.masks.shape[0] != stop - first:
+                self.masks.data = self.masks.new_zeros(stop - first, *self.masks.shape[1:])
             return self.masks.data
-        return self.masks.data[first:first + len(ids)] if contiguous else None
+        return self.masks.data[first:stop] if contiguous else None
 
-    def _store_batch(self, ids: torch.Tensor) -> None:
+    def _store_batch(self, batch: dict) -> None:
         """With a mask store: the finished batch's masks go to the store."""
         if self.mask_store is not None:
-            self.mask_store.write(int(ids[0]), self.masks.detach().float().cpu())
+            first = batch["rows"][0] if "rows" in batch else int(batch["ids"][0])
+            self.mask_store.write(first, self.masks.detach().float().cpu())
 
     def _log_loss(self, losses: torch.Tensor, batch_idx: int, batch_size: int) -> None:
         """Log the batch's mean loss on Lightning's logging steps, when a logger or the progress bar shows it."""
@@ -176,12 +181,12 @@ class MaskCrafter(L.LightningModule):
             shape, seed = tuple(batch["images"].shape[2:]), self.attack.seed * 1_000_003
             noise = torch.stack([uniform_noise(shape, self.attack.eps, seed + int(i)) for i in people])
             noise = self.budget.apply_(noise, self.attack.eps).to(self.masks)
-            rows = self._batch_masks(ids)
+            rows = self._batch_masks(batch)
             if rows is None:
                 self.masks.data[ids] = noise
             else:
                 rows.copy_(noise)
-            self._store_batch(ids)
+            self._store_batch(batch)
             return None
         if iteration == 0:  # the clean images are converted once per batch and kept in the attack state
             init = None if self.init_masks is None else self.init_masks[ids]
@@ -204,12 +209,12 @@ class MaskCrafter(L.LightningModule):
             seen = x_adv if self.transforms is None else self.transforms(x_adv.flatten(0, 1)).view_as(x_adv)
             losses, grad = self._loss_and_grad(self._features(seen), state.clean_features, iteration, x_adv)
         with torch.no_grad():
-            rows = self._batch_masks(ids)
+            rows = self._batch_masks(batch)
             masks = self.attack.update(state, grad, out=rows)
             if rows is None:
                 self.masks.data[ids] = masks
         self._log_loss(losses, batch_idx, len(ids))
         if iteration == self.attack.iterations - 1:
             self._state = None
-            self._store_batch(ids)
+            self._store_batch(batch)
         return None
