@@ -91,3 +91,73 @@ def test_dfanet_dropout_reaches_every_member_of_an_ensemble():
         dropped = [m(x) for m in members]
     assert all(not torch.allclose(c, d) for c, d in zip(clean, dropped, strict=True))
     assert all(torch.equal(c, m(x)) for c, m in zip(clean, members, strict=True))  # hooks gone afterwards
+
+
+@pytest.mark.parametrize("method,attack", [("convex_hull", FIM(eps=8, iterations=5)),
+                                           ("convex_hull", DFANetMI(eps=8, iterations=3)),
+                                           ("random_noise", FIM(eps=8))], ids=["fim", "dfanet", "noise"])
+def test_a_mask_store_holds_one_batch_and_crafts_the_same_masks(tmp_path, method, attack):
+    """With a mask store the parameter is the batch being crafted; the masks (read from the store's file) are the
+    in-memory ones bit for bit, and the store leaves no file behind."""
+    from opom.mask_store import MaskStore
+
+    protection = _protection()
+    make = (lambda: METHODS[method](warmup=2)) if method == "convex_hull" else METHODS[method]
+    iterations = attack.iterations if make().crafts else 1
+    shapes = []
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            shapes.append(tuple(module.masks.shape))
+
+    results = []
+    for store in (None, MaskStore(tmp_path, protection.num_identities, 8)):
+        torch.manual_seed(0)
+        module = MaskCrafter(TinyNet(), make(), attack, protection.num_identities, image_size=8, mask_store=store)
+        trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                            enable_model_summary=False, callbacks=[Spy()] if store else [])
+        trainer.fit(module, datamodule=ProtectionDataModule(protection, 2, iterations))
+        results.append(module.all_masks().clone())
+    memory, stored = results
+    assert memory.abs().max() > 0 and torch.equal(memory, stored)
+    assert set(shapes) == {(2, 3, 8, 8), (1, 3, 8, 8)}  # batches of 2, 2 and 1 identities
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mask_store_writes_the_mask_file_that_save_masks_writes(tmp_path):
+    from opom import mask_store as store_module
+    from opom.mask_store import MaskStore
+    from opom.masks import MaskSet, load_masks, mask_metadata, save_masks
+
+    masks = torch.randn(7, 3, 8, 8)
+    store = MaskStore(tmp_path / "work", 7, 8)
+    for start in range(0, 7, 3):
+        store.write(start, masks[start:start + 3])
+    ms = MaskSet(store.masks, [f"p{i}" for i in range(7)], "arcface", "convex_hull", "fim", 8.0, image_size=8,
+                 extra={"config": {"seed": 0}})
+    save_masks(tmp_path / "plain.safetensors", ms)
+    chunk = store_module.CHUNK_BYTES
+    store_module.CHUNK_BYTES = 2 * 3 * 8 * 8 * 4  # two masks per chunk: several chunks
+    try:
+        store.save(tmp_path / "stored.safetensors", mask_metadata(ms))
+    finally:
+        store_module.CHUNK_BYTES = chunk
+    plain, stored = load_masks(tmp_path / "plain.safetensors"), load_masks(tmp_path / "stored.safetensors")
+    assert torch.equal(stored.masks, masks) and torch.equal(plain.masks, masks)
+    assert stored.identities == plain.identities and stored.extra == plain.extra and stored.eps == plain.eps
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.safetensors", "stored.safetensors", "work"]
+
+
+def test_mask_store_choices(tmp_path):
+    from opom.errors import ConfigError
+    from opom.mask_store import MaskStore, choose_mask_store
+
+    assert choose_mask_store("memory", tmp_path, 10**6, 112) is None
+    assert choose_mask_store("auto", tmp_path, 500, 112) is None
+    assert isinstance(choose_mask_store("auto", tmp_path, 20_000, 112), MaskStore)
+    assert isinstance(choose_mask_store("disk", tmp_path, 5, 8), MaskStore)
+    with pytest.raises(ConfigError, match="crafting.mask_store must be one of auto, memory, disk"):
+        choose_mask_store("ram", tmp_path, 5, 8)
+    with pytest.raises(ConfigError, match="does not fit"):
+        MaskCrafter(TinyNet(), METHODS["class_center"](), FIM(), 3, image_size=8,
+                    mask_store=MaskStore(tmp_path, 4, 8))

@@ -75,6 +75,23 @@ def test_merge_orders_shards_and_checks_them():
         merge_mask_sets([("whole", whole)])
 
 
+def test_merging_files_streams_them_in_chunks(tmp_path, monkeypatch):
+    """The merged file is written chunk by chunk from the shard files (never all masks in memory): chunks of 2
+    masks across shards of 2, 2 and 1 give the masks of one file, in order."""
+    from opom import mask_store
+
+    parts = [_part(2, 3, 4, 5, 5), _part(0, 3, 0, 2, 5), _part(1, 3, 2, 4, 5)]
+    for name, ms in parts:
+        save_masks(tmp_path / name / "masks.safetensors", ms)
+    monkeypatch.setattr(mask_store, "CHUNK_BYTES", 2 * 3 * 4 * 4 * 4)
+    described = merge_mask_files([tmp_path], tmp_path / "merged.safetensors")
+    assert described.masks.device.type == "meta" and described.identities == [f"p{i}" for i in range(5)]
+    merged = load_masks(tmp_path / "merged.safetensors")
+    assert merged.identities == [f"p{i}" for i in range(5)]
+    assert torch.equal(merged.masks, torch.arange(5.0).view(-1, 1, 1, 1).expand(-1, 3, 4, 4))
+    assert merged.extra["config"]["shard"]["count"] == 1 and len(merged.extra["merged_from"]) == 3
+
+
 def test_merge_cli_reads_folders_and_reports_errors_in_one_line(tmp_path):
     for index, start, stop in ((0, 0, 2), (1, 2, 5)):
         save_masks(tmp_path / f"job{index}" / "masks.safetensors", _part(index, 2, start, stop, 5)[1])
@@ -103,9 +120,21 @@ def test_random_noise_shards_equal_the_whole_job(tiny_overrides, tmp_path):
     for index in range(2):
         results = _run_in_process([*overrides, "shard.count=2", f"shard.index={index}"], tmp_path / f"s{index}")
         assert results["models"] == {} and results["shard"]["index"] == index
-    merged = merge_mask_files([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged.safetensors")
-    whole = load_masks(tmp_path / "whole" / "masks.safetensors")
+    merge_mask_files([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged.safetensors")
+    merged, whole = load_masks(tmp_path / "merged.safetensors"), load_masks(tmp_path / "whole" / "masks.safetensors")
     assert merged.identities == whole.identities and torch.equal(merged.masks, whole.masks)
+
+
+def test_masks_kept_on_disk_equal_masks_kept_in_memory(tiny_overrides, tmp_path):
+    """crafting.mask_store=disk (one batch in memory, the rest in a scratch file): the same mask file and results,
+    and no scratch file left in the output folder."""
+    overrides = [*tiny_overrides, *SHARDED, *HULL]
+    memory = _run_in_process([*overrides, "crafting.mask_store=memory"], tmp_path / "memory")
+    disk = _run_in_process([*overrides, "crafting.mask_store=disk"], tmp_path / "disk")
+    a, b = load_masks(tmp_path / "memory" / "masks.safetensors"), load_masks(tmp_path / "disk" / "masks.safetensors")
+    assert a.masks.abs().max() > 0 and torch.equal(a.masks, b.masks) and a.identities == b.identities
+    assert memory["models"] == disk["models"]
+    assert not [p.name for p in (tmp_path / "disk").iterdir() if p.name.startswith(".masks-")]
 
 
 def test_two_processes_craft_the_masks_of_one(tiny_overrides, tmp_path):
@@ -126,4 +155,32 @@ def test_two_processes_craft_the_masks_of_one(tiny_overrides, tmp_path):
         assert whole.masks.abs().max() > 0
         assert torch.equal(merged.masks, whole.masks), (attack, (merged.masks - whole.masks).abs().max())
         assert merged.extra["config"]["shard"] == whole.extra["config"]["shard"]
+        assert len(merged.extra["merged_from"]) == 2
+
+
+@pytest.mark.slow
+def test_submitit_jobs_craft_the_masks_of_one(tiny_overrides, tmp_path):
+    """The SLURM path run locally: Hydra's submitit launcher (``hydra/launcher=submitit_local``, the same
+    submitit job arrays as ``experiment=scale_slurm`` without the SLURM queue) runs 2 shards x 2 attacks as 4
+    submitit jobs; the masks merged at the end of the sweep equal one in-process job's, bit for bit."""
+    attacks = ["fim", "dfanet_mi"]
+    whole = {}
+    for attack in attacks:  # first: this also trains the tiny models the jobs then find in the cache
+        _run_in_process([*tiny_overrides, *SHARDED, *HULL, f"attack={attack}"], tmp_path / attack)
+        whole[attack] = load_masks(tmp_path / attack / "masks.safetensors")
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20",
+           f"hydra.sweep.dir={sweep}", "shard.count=2", "shard.index=0,1", f"attack={','.join(attacks)}",
+           *tiny_overrides, *SHARDED, *HULL]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Submitit 'local' sweep output dir" in done.stdout + done.stderr
+    assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 4  # four submitit jobs ran
+    for attack in attacks:
+        merged = load_masks(sweep / f"merged-convex_hull-{attack}-arcface-eps8" / "masks.safetensors")
+        assert merged.identities == whole[attack].identities and len(merged.identities) == 5
+        assert whole[attack].masks.abs().max() > 0
+        difference = (merged.masks - whole[attack].masks).abs().max()
+        assert torch.equal(merged.masks, whole[attack].masks), (attack, difference)
         assert len(merged.extra["merged_from"]) == 2

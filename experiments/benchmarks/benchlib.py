@@ -59,12 +59,14 @@ def default_world(overrides: list[str] = ()):
     from omegaconf import OmegaConf
 
     from opom.models.zoo import build_face_model
+    from opom.pipeline import surrogate_specs
 
     cfg = compose_run(overrides)
     dataset = instantiate(cfg.dataset)
     protection = dataset.protection_set()
-    surrogate = build_face_model(OmegaConf.to_container(cfg.surrogate, resolve=True), dataset,
-                                 OmegaConf.to_container(cfg.fr_train, resolve=True), cfg.paths.cache_dir)
+    (spec, *_) = surrogate_specs(cfg).values()  # the first surrogate (the default names one)
+    surrogate = build_face_model(spec, dataset, OmegaConf.to_container(cfg.fr_train, resolve=True),
+                                 cfg.paths.cache_dir)
     return cfg, protection, surrogate
 
 
@@ -79,30 +81,48 @@ def subset(protection, identities: int):
 
 
 class EpochTimer(L.Callback):
-    """Wall time of the training epoch: every step, with data loading and logging."""
+    """Time of the training epoch (wall time, or ``clock``): every step, with data loading and logging."""
 
     seconds = float("nan")
 
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+
     def on_train_epoch_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
+        self._start = self.clock()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.seconds = time.perf_counter() - self._start
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.seconds = self.clock() - self._start
 
 
-def craft_seconds(surrogate, method, attack, protection, identities_per_batch: int, log_dir: Path | None = None):
-    """Run the crafting exactly as the pipeline does (one Trainer.fit) and return the epoch's wall time."""
+def pipeline_log_every() -> int:
+    """``trainer.log_every_n_steps`` of ``conf/run.yaml``: how often the pipeline logs the crafting loss."""
+    from omegaconf import OmegaConf
+
+    return int(OmegaConf.load(ROOT / "conf" / "run.yaml").trainer.log_every_n_steps)
+
+
+def craft_seconds(surrogate, method, attack, protection, identities_per_batch: int, log_dir: Path | None = None,
+                  clock: Callable[[], float] = time.perf_counter, instrument: Callable | None = None,
+                  accelerator: str = "cpu"):
+    """Run the crafting exactly as the pipeline does (one Trainer.fit, logging on the pipeline's logging steps)
+    and return the epoch's time (``clock``: wall time by default) and the masks. ``instrument(module)`` is called
+    on the crafter before the fit (e.g. to time its parts)."""
     from lightning.pytorch.loggers import CSVLogger
 
     from opom.data.protection import ProtectionDataModule
     from opom.module import MaskCrafter
 
     module = MaskCrafter(surrogate, method, attack, protection.num_identities, protection.image_size)
-    timer = EpochTimer()
+    if instrument is not None:
+        instrument(module)
+    timer = EpochTimer(clock)
     logger = CSVLogger(str(log_dir)) if log_dir else False
     trainer = L.Trainer(max_epochs=1, logger=logger, callbacks=[timer], enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
-                        accelerator="cpu")
+                        enable_progress_bar=False, enable_model_summary=False,
+                        log_every_n_steps=pipeline_log_every(), accelerator=accelerator, devices=1)
     iterations = attack.iterations if method.crafts else 1
     trainer.fit(module, datamodule=ProtectionDataModule(protection, identities_per_batch, iterations))
     return timer.seconds, module.masks.detach().clone()

@@ -15,6 +15,8 @@ each identity), so an identity's mask does not depend on which identities share 
 from __future__ import annotations
 
 import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -164,6 +166,22 @@ def feature_dropout(model: nn.Module | nn.ModuleList | list, p: float):
             h.remove()
 
 
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _update_pool(workers: int) -> ThreadPoolExecutor:
+    """Worker threads of the CPU mask updates, each on one intra-op thread (created once, grown when needed)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < workers:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="opom-update",
+                                       initializer=torch.set_num_threads, initargs=(1,))
+        return _POOL
+
+
 class SignAttack:
     """Shared parts: budget, step, iterations, random start, projection of the mean offset onto the budget."""
 
@@ -195,32 +213,49 @@ class SignAttack:
             x_adv = x + noise  # the same per-identity draw for every identity, as the reference
         return AttackState(x=x, x_adv=x_adv, budget=None if budget is None or budget.plain else budget)
 
-    def update(self, state: AttackState, grad: torch.Tensor) -> torch.Tensor:
-        """One iteration from the loss gradient w.r.t. ``state.x_adv``; returns the masks (B, 3, H, W).
+    def update(self, state: AttackState, grad: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """One iteration from the loss gradient w.r.t. ``state.x_adv``; returns the masks (B, 3, H, W), written
+        into ``out`` when given (e.g. the crafter's mask rows of this batch: no copy).
 
         Works in place on ``state.x_adv``, ``state.momentum`` and ``grad`` (the crafter passes a fresh
-        gradient each step): no image-sized temporaries. On the CPU the identities are updated one after the
-        other on one thread — each identity's images fit in the cache, so this is several times faster than
-        whole-batch passes and immune to thread contention; elsewhere the whole batch at once. Both orders
-        do exactly the same arithmetic per identity, so the masks are bit-identical.
+        gradient each step): no image-sized temporaries. On the CPU each identity is updated on one thread —
+        its images fit in the cache, so this is several times faster than whole-batch passes and immune to
+        thread contention — and the identities are shared out over torch's intra-op thread count (one after
+        the other when that is 1); elsewhere the whole batch at once. Every order does exactly the same
+        arithmetic per identity, so the masks are bit-identical.
         """
+        if out is None:
+            out = torch.empty((grad.shape[0], *grad.shape[2:]), dtype=state.x.dtype, device=state.x.device)
         if state.x.device.type != "cpu":
-            return self._update(state, grad, slice(None))
-        with one_cpu_thread():
-            return torch.cat([self._update(state, grad, slice(b, b + 1)) for b in range(grad.shape[0])])
+            self._update(state, grad, slice(None), out)
+            return out
+        count, workers = grad.shape[0], min(torch.get_num_threads(), grad.shape[0])
 
-    def _update(self, state: AttackState, grad: torch.Tensor, ids: slice) -> torch.Tensor:
-        """The update of the identities ``ids`` (a slice, so that every tensor below is a view)."""
+        def run(first: int) -> None:
+            with torch.no_grad():
+                for b in range(first, count, workers):
+                    self._update(state, grad, slice(b, b + 1), out[b:b + 1])
+
+        if workers <= 1:
+            with one_cpu_thread():
+                run(0)
+        else:
+            for future in [_update_pool(workers).submit(run, k) for k in range(workers)]:
+                future.result()
+        return out
+
+    def _update(self, state: AttackState, grad: torch.Tensor, ids: slice, out: torch.Tensor) -> None:
+        """The update of the identities ``ids`` (a slice, so that every tensor below is a view); their masks go
+        to ``out``."""
         raise NotImplementedError
 
-    def _project(self, x_adv: torch.Tensor, x: torch.Tensor, budget: Budget | None = None) -> torch.Tensor:
-        """Mask = the mean offset over images, clipped to +-eps (and shaped by ``budget``); every image restarts at
-        ``clip(x + mask)`` (``x_adv`` is overwritten with that)."""
-        delta = x_adv.sub_(x).mean(dim=1).clamp_(-self.eps, self.eps)
+    def _project(self, x_adv: torch.Tensor, x: torch.Tensor, budget: Budget | None, out: torch.Tensor) -> None:
+        """Mask (into ``out``) = the mean offset over images, clipped to +-eps (and shaped by ``budget``); every
+        image restarts at ``clip(x + mask)`` (``x_adv`` is overwritten with that)."""
+        delta = torch.mean(x_adv.sub_(x), dim=1, out=out).clamp_(-self.eps, self.eps)
         if budget is not None:
             budget.apply_(delta, self.eps)
         torch.add(x, delta.unsqueeze(1), out=x_adv).clamp_(0, 1)
-        return delta
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.eps_levels}, step={self.step_levels}, iterations={self.iterations})"
@@ -231,9 +266,9 @@ class FIM(SignAttack):
 
     name = "fim"
 
-    def _update(self, state, grad, ids):
+    def _update(self, state, grad, ids, out):
         x_adv = state.x_adv[ids].add_(grad[ids].mean(dim=1, keepdim=True).sign_(), alpha=self.step)
-        return self._project(x_adv, state.x[ids], state.budget)
+        self._project(x_adv, state.x[ids], state.budget, out)
 
 
 class DFANetMI(SignAttack):
@@ -260,18 +295,18 @@ class DFANetMI(SignAttack):
             raise ConfigError(f"attack.dropout must be in [0, 1), got {dropout}")
         self.dropout, self.decay, self.normalizer = float(dropout), float(decay), normalizer
 
-    def update(self, state, grad):
+    def update(self, state, grad, out=None):
         if state.momentum is None:  # decay * 0 + g == g exactly: the first step uses the gradient alone
             state.momentum = torch.zeros_like(grad)
-        return super().update(state, grad)
+        return super().update(state, grad, out)
 
-    def _update(self, state, grad, ids):
+    def _update(self, state, grad, ids, out):
         dims = (1, 2, 3) if self.normalizer == "reference" else (2, 3, 4)
         g = grad[ids]
         g = g.div_(g.abs().mean(dim=dims, keepdim=True).clamp_min(1e-12))
         momentum = state.momentum[ids].mul_(self.decay).add_(g)
         x_adv = state.x_adv[ids].add_(momentum.sign(), alpha=self.step)
-        return self._project(x_adv, state.x[ids], state.budget)
+        self._project(x_adv, state.x[ids], state.budget, out)
 
 
 ATTACKS: dict[str, type[SignAttack]] = {a.name: a for a in (FIM, DFANetMI)}

@@ -11,5 +11,6 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (".*LeafSpec.*", ".*does not have many workers.*", ".*Total length of .* across ranks is zero.*",
                     ".*litlogger.*", ".*`training_step` returned `None`.*",
-                    ".*configure_optimizers` returned `None`.*", ".*module\\(s\\) in eval mode.*"):
+                    ".*configure_optimizers` returned `None`.*", ".*module\\(s\\) in eval mode.*",
+                    ".*smaller than the logging interval.*"):
         warnings.filterwarnings("ignore", message=pattern)

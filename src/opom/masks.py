@@ -53,22 +53,27 @@ class MaskSet:
         return self.masks[self.identities.index(identity)]
 
 
-def save_masks(path: str | Path, ms: MaskSet) -> Path:
-    meta = {"format": FORMAT, "identities": json.dumps(ms.identities), "surrogate": ms.surrogate, "method": ms.method,
+def mask_metadata(ms: MaskSet) -> dict[str, str]:
+    """What a mask file says about its masks (safetensors metadata: strings only)."""
+    return {"format": FORMAT, "identities": json.dumps(ms.identities), "surrogate": ms.surrogate, "method": ms.method,
             "attack": ms.attack, "eps": repr(float(ms.eps)), "image_size": str(ms.image_size), "template": ms.template,
             "template_points": json.dumps([list(p) for p in ms.template_points]), "version": ms.version,
             "extra": json.dumps(ms.extra, default=str)}
+
+
+def save_masks(path: str | Path, ms: MaskSet) -> Path:
     from opom.cache import atomic_save
 
     tensors = {"masks": ms.masks.detach().float().cpu()}
     if ms.luminance is not None:
         tensors["luminance"] = ms.luminance.detach().float().cpu()
-    atomic_save(tensors, Path(path), meta)
+    atomic_save(tensors, Path(path), mask_metadata(ms))
     return Path(path)
 
 
-def load_masks(path: str | Path, framework: str = "pt") -> MaskSet:
-    """Read a mask file; ``framework="numpy"`` gives numpy arrays (and does not import torch)."""
+def load_masks(path: str | Path, framework: str = "pt", lazy: bool = False) -> MaskSet:
+    """Read a mask file; ``framework="numpy"`` gives numpy arrays (and does not import torch); ``lazy``: its metadata
+    only, the masks as an empty torch tensor of their shape on the meta device (for files too large to read at once)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"mask file {str(path)!r} does not exist")
@@ -77,8 +82,13 @@ def load_masks(path: str | Path, framework: str = "pt") -> MaskSet:
         if meta.get("format") != FORMAT:
             raise UserError(f"{str(path)!r} is not an opom mask file "
                             f"(format {meta.get('format')!r}, expected {FORMAT!r})")
-        masks = f.get_tensor("masks")
-        luminance = f.get_tensor("luminance") if "luminance" in f.keys() else None
+        if lazy:
+            import torch
+
+            masks, luminance = torch.empty(f.get_slice("masks").get_shape(), device="meta"), None
+        else:
+            masks = f.get_tensor("masks")
+            luminance = f.get_tensor("luminance") if "luminance" in f.keys() else None
     return MaskSet(masks=masks, luminance=luminance, identities=json.loads(meta["identities"]),
                    surrogate=meta["surrogate"], method=meta["method"], attack=meta["attack"], eps=float(meta["eps"]),
                    image_size=int(meta["image_size"]), template=meta["template"],

@@ -12,6 +12,7 @@ from torch import nn
 
 from opom.attack import AttackState, Budget, SignAttack, batch_seed, feature_dropout, select_dfanet_sites, uniform_noise
 from opom.errors import ConfigError
+from opom.mask_store import MaskStore
 from opom.methods import Method
 from opom.transforms import RandomTransforms
 
@@ -58,7 +59,13 @@ class MaskCrafter(L.LightningModule):
     One training step is one attack iteration for one batch of identities (see
     :class:`~opom.data.protection.IdentityChunks`); the attack is the optimiser, so optimisation is manual.
     The surrogate stays in eval mode (BatchNorm frozen, identities in a batch independent); an attack with
-    DFANet dropout switches only that dropout on.
+    DFANet dropout switches only that dropout on. The loss is logged every ``trainer.log_every_n_steps`` steps
+    (Lightning's cadence), and not at all when no logger and no progress bar would show it.
+
+    Memory: by default the parameter ``masks`` holds every identity's mask. With a ``mask_store``
+    (:class:`~opom.mask_store.MaskStore`, ``crafting.mask_store=disk``) it holds only the batch being crafted,
+    and each finished batch goes to the store on disk: memory for one batch, whatever the number of identities.
+    :meth:`all_masks` reads every mask either way; the masks are the same bit for bit.
 
     GPU options (off by default; see the README's "Scaling"): ``channels_last`` runs the surrogate in NHWC
     memory format (faster convolutions on tensor cores), ``compile`` runs it through ``torch.compile``
@@ -70,7 +77,8 @@ class MaskCrafter(L.LightningModule):
     def __init__(self, surrogate: nn.Module | Sequence[nn.Module], method: Method, attack: SignAttack,
                  num_identities: int, image_size: int = 112, channels_last: bool = False, compile: bool = False,
                  transforms: RandomTransforms | None = None, ensemble: str = "distance", budget: Budget | None = None,
-                 init_masks: torch.Tensor | None = None, dfanet_min_cosine: float = 0.9):
+                 init_masks: torch.Tensor | None = None, dfanet_min_cosine: float = 0.9,
+                 mask_store: MaskStore | None = None):
         super().__init__()
         if ensemble not in ENSEMBLE_WEIGHTINGS:
             raise ConfigError(f"crafting.ensemble must be one of {', '.join(ENSEMBLE_WEIGHTINGS)}, got {ensemble!r}")
@@ -95,9 +103,49 @@ class MaskCrafter(L.LightningModule):
         self.channels_last, self.compile = bool(channels_last), bool(compile)
         for p in self.surrogates.parameters():
             p.requires_grad_(False)
-        self.masks = nn.Parameter(torch.zeros(num_identities, 3, image_size, image_size))
+        if mask_store is not None and tuple(mask_store.shape) != (num_identities, 3, image_size, image_size):
+            raise ConfigError(f"a mask store of shape {tuple(mask_store.shape)} does not fit {num_identities} "
+                              f"identities of {image_size}x{image_size}")
+        self.mask_store = mask_store
+        # the learnable parameter: every identity's mask, or only the current batch's when a store keeps the rest
+        rows = num_identities if mask_store is None else 0
+        self.masks = nn.Parameter(torch.zeros(rows, 3, image_size, image_size))
         self._state: AttackState | None = None
         self.__dict__["_networks"] = members  # what computes features (compiled in on_fit_start); not submodules
+
+    def all_masks(self) -> torch.Tensor:
+        """Every identity's mask (I, 3, H, W): the parameter itself, or the mask store's memory-mapped file."""
+        return self.masks.detach() if self.mask_store is None else self.mask_store.masks
+
+    def _batch_masks(self, batch: dict) -> torch.Tensor | None:
+        """The parameter rows of this batch (a view), or None when its ``ids`` are not one contiguous range."""
+        ids = batch["ids"]
+        if "rows" in batch:  # IdentityChunks: a contiguous range, given as host ints
+            (first, stop), contiguous = batch["rows"], True
+        else:
+            first, stop = int(ids[0]), int(ids[0]) + len(ids)
+            contiguous = torch.equal(ids, torch.arange(first, stop, device=ids.device))
+        if self.mask_store is not None:  # the parameter is the batch
+            if not contiguous:
+                raise ValueError("a mask store needs batches of consecutive identities (IdentityChunks)")
+            if self.masks.shape[0] != stop - first:
+                self.masks.data = self.masks.new_zeros(stop - first, *self.masks.shape[1:])
+            return self.masks.data
+        return self.masks.data[first:stop] if contiguous else None
+
+    def _store_batch(self, batch: dict) -> None:
+        """With a mask store: the finished batch's masks go to the store."""
+        if self.mask_store is not None:
+            first = batch["rows"][0] if "rows" in batch else int(batch["ids"][0])
+            self.mask_store.write(first, self.masks.detach().float().cpu())
+
+    def _log_loss(self, losses: torch.Tensor, batch_idx: int, batch_size: int) -> None:
+        """Log the batch's mean loss on Lightning's logging steps, when a logger or the progress bar shows it."""
+        trainer = self._trainer
+        if trainer is None or not trainer.log_every_n_steps or (batch_idx + 1) % trainer.log_every_n_steps:
+            return
+        if trainer.loggers or trainer.progress_bar_callback is not None:
+            self.log("craft/loss", losses.mean(), prog_bar=True, batch_size=batch_size)
 
     @property
     def surrogate(self) -> nn.Module:
@@ -150,7 +198,13 @@ class MaskCrafter(L.LightningModule):
         if not self.method.crafts:  # random noise: one draw per identity, seeded by its index
             shape, seed = tuple(batch["images"].shape[2:]), self.attack.seed * 1_000_003
             noise = torch.stack([uniform_noise(shape, self.attack.eps, seed + int(i)) for i in people])
-            self.masks.data[ids] = self.budget.apply_(noise, self.attack.eps).to(self.masks)
+            noise = self.budget.apply_(noise, self.attack.eps).to(self.masks)
+            rows = self._batch_masks(batch)
+            if rows is None:
+                self.masks.data[ids] = noise
+            else:
+                rows.copy_(noise)
+            self._store_batch(batch)
             return None
         if iteration == 0:  # the clean images are converted once per batch and kept in the attack state
             init = None if self.init_masks is None else self.init_masks[ids]
@@ -173,8 +227,12 @@ class MaskCrafter(L.LightningModule):
             seen = x_adv if self.transforms is None else self.transforms(x_adv.flatten(0, 1)).view_as(x_adv)
             losses, grad = self._loss_and_grad(self._features(seen), state.clean_features, iteration, x_adv)
         with torch.no_grad():
-            self.masks.data[ids] = self.attack.update(state, grad)
-        self.log("craft/loss", losses.mean(), prog_bar=True, batch_size=len(ids))
+            rows = self._batch_masks(batch)
+            masks = self.attack.update(state, grad, out=rows)
+            if rows is None:
+                self.masks.data[ids] = masks
+        self._log_loss(losses, batch_idx, len(ids))
         if iteration == self.attack.iterations - 1:
             self._state = None
+            self._store_batch(batch)
         return None

@@ -29,6 +29,7 @@ from opom.evaluation.holdout import HoldoutEvaluation
 from opom.evaluation.provenance import data_used, environment
 from opom.evaluation.robustness import parse_transform
 from opom.logs import quiet_lightning
+from opom.mask_store import choose_mask_store
 from opom.masks import MaskSet, load_masks
 from opom.methods import METHODS
 from opom.models.training import prepare_models
@@ -238,8 +239,9 @@ def run(cfg: DictConfig) -> dict:
         callbacks.append(WandbReport(evaluation, out, face_images=cfg.privacy.face_images is True))
     callbacks += [instantiate(c) for c in (cfg.get("extra_callbacks") or {}).values()]
 
+    store = choose_mask_store(_mask_store_choice(cfg), out, protection.num_identities, protection.image_size)
     module = MaskCrafter(surrogates, method, attack, protection.num_identities, protection.image_size,
-                         **crafter_options(cfg, protection.canvas, attack.seed))
+                         **crafter_options(cfg, protection.canvas, attack.seed), mask_store=store)
     iterations = attack.iterations if method.crafts else 1
     datamodule = ProtectionDataModule(protection, cfg.identities_per_batch, iterations, shard_info["start"])
     trainer = L.Trainer(**shard_trainer(cfg.trainer, shard), max_epochs=1, logger=logger, callbacks=callbacks,
@@ -285,9 +287,15 @@ def job_info(dataset_name: str | None, dataset_cfg, protection: ProtectionSet | 
 def crafter_options(cfg: DictConfig, canvas: Canvas, seed: int) -> dict:
     """MaskCrafter's keyword options from ``crafting`` (speed options and the transfer extensions)."""
     c = OmegaConf.to_container(cfg.get("crafting") or OmegaConf.create({}), resolve=True)
+    c.pop("mask_store", None)  # where the masks are kept: see _mask_store_choice
     extensions = {k: c.pop(k) for k in ("ensemble", "transforms", "transform_p", "transform_params", "region",
                                         "chroma") if k in c}
     return {**c, **transfer_options(canvas, seed=seed, **extensions)}
+
+
+def _mask_store_choice(cfg: DictConfig) -> str:
+    """``crafting.mask_store``: auto | memory | disk (:func:`opom.mask_store.choose_mask_store`)."""
+    return str((cfg.get("crafting") or {}).get("mask_store", "auto"))
 
 
 def options_label(cfg: DictConfig) -> str:
@@ -312,6 +320,9 @@ def run_holdout(cfg: DictConfig, dataset, method, attack, sur_specs: dict, panel
     if Shard.from_config(cfg.get("shard")).count > 1:
         raise ConfigError("identity shards are not available on the held-out-photo benchmark (it is small): "
                           "leave shard.count=1")
+    if _mask_store_choice(cfg) == "disk":
+        raise ConfigError("crafting.mask_store=disk is for large protection sets; the held-out-photo benchmark keeps "
+                          "its masks in memory: leave crafting.mask_store=auto")
     data = dataset.holdout_set()
     builders, panel, _ = _models(cfg, dataset, sur_specs, panel_specs, canvas=data.canvas)
     surrogates = build_surrogates(builders)

@@ -19,15 +19,21 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from hydra.experimental.callback import Callback
+from safetensors import safe_open
 
-from opom.data.protection import ProtectionSet
+from opom import mask_store
 from opom.errors import ConfigError, UserError
-from opom.masks import MaskSet, load_masks, save_masks
+from opom.masks import MaskSet, load_masks, mask_metadata
+
+if TYPE_CHECKING:  # Lightning, which opom.data.protection imports, slows the merge command's start a lot
+    from opom.data.protection import ProtectionSet
 
 log = logging.getLogger("opom")
 
@@ -71,6 +77,8 @@ class Shard:
         info = {"index": self.index, "count": self.count, "start": start, "stop": stop, "total": total}
         if (start, stop) == (0, total):
             return protection, info
+        from opom.data.protection import ProtectionSet
+
         part = ProtectionSet(protection.names[start:stop], protection.mask_images[start:stop],
                              protection.test_images[start:stop], protection.distractors)
         return part, info
@@ -156,8 +164,9 @@ def merge_mask_sets(parts: list[tuple[str, MaskSet]]) -> MaskSet:
 
 
 def _load(path: Path) -> MaskSet:
+    """A shard file's metadata; its masks stay on disk (a meta tensor of their shape)."""
     try:
-        return load_masks(path)
+        return load_masks(path, lazy=True)
     except (UserError, FileNotFoundError):
         raise
     except Exception as err:  # noqa: BLE001 - a damaged or foreign file: one clear line
@@ -179,12 +188,28 @@ def find_mask_files(inputs: list[str | Path], exclude: Path | None = None) -> li
     return files
 
 
+def save_merged(out: str | Path, merged: MaskSet) -> Path:
+    """Write the merged masks from the shard files (``merged.extra['merged_from']``, in order), a chunk at a time,
+    atomically: memory for one chunk however many masks the job crafted."""
+    def chunks():
+        for src in merged.extra["merged_from"]:
+            with safe_open(src, framework="pt") as f:
+                part = f.get_slice("masks")
+                count, row = part.get_shape()[0], 4 * math.prod(part.get_shape()[1:])
+                step = max(1, mask_store.CHUNK_BYTES // row)
+                for start in range(0, count, step):
+                    yield part[start:start + step]
+
+    return mask_store.write_safetensors(out, mask_metadata(merged), tuple(merged.masks.shape), chunks())
+
+
 def merge_mask_files(inputs: list[str | Path], out: str | Path) -> MaskSet:
-    """Merge the shard mask files (or folders holding them) into ``out``, written atomically."""
+    """Merge the shard mask files (or folders holding them) into ``out``, written atomically; returns the merged
+    set's description (its masks are in ``out``: the returned tensor is on the meta device, without data)."""
     out = Path(out)
     files = find_mask_files(inputs, exclude=out)
     merged = merge_mask_sets([(str(f), _load(f)) for f in files])
-    save_masks(out, merged)
+    save_merged(out, merged)
     return merged
 
 
@@ -217,7 +242,7 @@ def merge_sweep(sweep_dir: str | Path) -> list[Path]:
         except UserError as err:
             log.warning("not merged (%s): %s", target.parent.name, err)
             continue
-        save_masks(target, merged)
+        save_merged(target, merged)
         log.info("merged %d shards (%d masks) into %s", len(parts), len(merged.identities), target)
         written.append(target)
     return written

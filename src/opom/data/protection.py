@@ -73,6 +73,8 @@ class IdentityChunks(Dataset):
     one attack iteration, and only the current chunk's optimisation state is ever held in memory.
     ``ids`` index the rows of ``mask_images``; ``identities`` are the same people's positions in the whole
     protection set (``first_identity`` + row, for a shard of it), which seed anything drawn per identity.
+    ``rows`` is ``(first, stop)`` of ``ids`` as plain ints: Lightning leaves them on the host, so the crafter
+    finds its rows without reading a device tensor back (no host-device synchronisation per step).
     """
 
     def __init__(self, mask_images: torch.Tensor, chunk_size: int, iterations: int, first_identity: int = 0):
@@ -88,7 +90,7 @@ class IdentityChunks(Dataset):
         # a chunk is a contiguous range: a view of the uint8 images, never a copy
         images = self.images[int(ids[0]):int(ids[-1]) + 1]
         return {"ids": ids, "identities": ids + self.first_identity, "images": images,
-                "iteration": k % self.iterations}
+                "iteration": k % self.iterations, "rows": (int(ids[0]), int(ids[-1]) + 1)}
 
 
 class ProtectionDataModule(L.LightningDataModule):

@@ -15,7 +15,7 @@ from torch import nn
 from opom.data.alignment import Canvas
 from opom.evaluation.plots import example_strip, mask_preview
 from opom.evaluation.transfer import evaluate_model, mask_image_quality
-from opom.masks import MaskSet, save_masks
+from opom.masks import MaskSet, mask_metadata, save_masks
 
 log = logging.getLogger("opom")
 
@@ -42,12 +42,13 @@ class MaskWriter(L.Callback):
         names = trainer.datamodule.protection.names
         canvas = getattr(trainer.datamodule.protection, "canvas", Canvas())
         template = canvas.template()
-        info = self.run_info
-        ms = MaskSet(masks=pl_module.masks.detach().cpu(), identities=list(names), surrogate=info["surrogate"],
+        info, masks = self.run_info, pl_module.all_masks().cpu()
+        ms = MaskSet(masks=masks, identities=list(names), surrogate=info["surrogate"],
                      method=info["method"], attack=info["attack"], eps=info["eps"],
-                     image_size=pl_module.masks.shape[-1], template=canvas.name, template_points=template.points,
+                     image_size=masks.shape[-1], template=canvas.name, template_points=template.points,
                      extra={"config": info.get("config", {}), "dataset": info.get("dataset", {})})
-        path = save_masks(self.output_dir / "masks.safetensors", ms)
+        store, path = pl_module.mask_store, self.output_dir / "masks.safetensors"
+        path = save_masks(path, ms) if store is None else store.save(path, mask_metadata(ms))  # chunked from disk
         log.info("masks saved to %s", path)
         if self.preview:
             mask_preview(ms.masks, ms.eps, self.output_dir / "masks_preview.png", names=ms.identities)
@@ -159,7 +160,7 @@ class TransferEvaluation(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         surrogates = {model.name: model for model in pl_module.surrogates}
-        results = self.evaluate(surrogates, trainer.datamodule.protection, pl_module.masks.detach().cpu())
+        results = self.evaluate(surrogates, trainer.datamodule.protection, pl_module.all_masks().cpu())
         for logger in trainer.loggers:
             logger.log_metrics(flat_metrics(results))
 

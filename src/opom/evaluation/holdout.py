@@ -138,7 +138,7 @@ class HoldoutEvaluation(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         surrogates = {model.name: model for model in pl_module.surrogates}
-        self.evaluate(surrogates, trainer.datamodule.protection, pl_module.masks.detach().cpu())
+        self.evaluate(surrogates, trainer.datamodule.protection, pl_module.all_masks().cpu())
 
 
 def format_holdout(results: dict) -> str:
