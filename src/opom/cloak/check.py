@@ -71,10 +71,10 @@ def validate_panel(names, weights: dict[str, str] | None = None) -> None:
             raise UserError(f"--weights {name}=...: {name!r} is not in the panel ({', '.join(names)}); add it with "
                             f"--panel {','.join([*names, name])}")
         check_input_file(path, f"weights of panel model {name!r}", f"give the weights file: --weights {name}=PATH")
-    others = [n for n in names if n != "sface" or weights.get(n)]
+    others = [n for n in names if n not in ("sface", "dlib") or weights.get(n)]
     if not others:
         return
-    from opom.models.zoo import ZOO  # imports torch: only for models other than the bundled SFace
+    from opom.models.zoo import ZOO  # imports torch: only for models other than the bundled SFace and dlib
 
     for name in others:
         if name not in ZOO:
@@ -89,7 +89,9 @@ def build_panel(names=DEFAULT_PANEL, weights: dict[str, str] | None = None,
                 canvas: str = CHECK_CANVAS) -> list[PanelModel]:
     """Zoo models by arch name; a model whose extra is not installed is skipped (noted) unless it is the only one.
 
-    The bundled SFace (no ``weights``) runs through OpenCV, without torch (:class:`~opom.cloak.faces.SFaceRunner`).
+    The bundled SFace (no ``weights``) runs through OpenCV and dlib through dlib itself, both without torch
+    (:class:`~opom.cloak.faces.SFaceRunner`, :class:`~opom.models.dlib_native.DlibDescriptor`): the default panel
+    starts in about a second.
     """
     from opom.cloak.faces import SFaceRunner
     from opom.data.alignment import CANVASES
@@ -106,6 +108,17 @@ def build_panel(names=DEFAULT_PANEL, weights: dict[str, str] | None = None,
                                         float(thresholds.get(name, 0.363))))
             except MissingExtraError as err:
                 missing.append(f"{name} skipped: {err}")
+            continue
+        if name == "dlib" and not weights.get(name):
+            from opom.models.dlib_native import DLIB_L2_THRESHOLD, DlibDescriptor
+
+            try:
+                runner = DlibDescriptor()
+            except (MissingExtraError, ImportError) as err:
+                missing.append(f"{name} skipped: {err}")
+                continue
+            runner.set_canvas(CANVASES[canvas])
+            panel.append(PanelModel(name, runner, "l2", float(thresholds.get(name, DLIB_L2_THRESHOLD))))
             continue
         from opom.models.zoo import build_face_model
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from opom.cloak.faces import DetectSettings, detect_faces
-from opom.cloak.strength import DEFAULT_STRENGTH, STRENGTHS
+from opom.cloak.strength import DEFAULT_STRENGTH, EXPECTED, STRENGTHS
 from opom.data.alignment import get_template, warp_to_template
 from opom.data.inputs import check_input_file, check_output_folder, set_max_pixels, walk
 from opom.data.photos import PhotoError, read_photo
@@ -79,6 +79,7 @@ class EnrollSettings:
     detect: DetectSettings = field(default_factory=DetectSettings)
     luminance: bool = True  # also craft the mask for grey photos
     max_pixels: int | None = None  # larger photos are too_large (None: the default limit)
+    changed: tuple[str, ...] = field(default=(), init=False)  # settings given that differ from the preset
 
     @property
     def surrogates(self) -> list[str]:
@@ -89,10 +90,16 @@ class EnrollSettings:
         checked when torch is imported."""
         if self.strength not in STRENGTHS:
             raise UserError(f"unknown strength {self.strength!r}; choose one of {', '.join(STRENGTHS)}")
-        for key, value in STRENGTHS[self.strength].items():
+        preset = STRENGTHS[self.strength]
+        given = {key for key in preset if getattr(self, key) is not None}
+        for key, value in preset.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
         self.transforms = tuple(self.transforms)
+        self.surrogate = ",".join(self.surrogates)
+        # settings given that differ from the preset (its measured expectation then no longer applies)
+        self.changed = tuple(sorted(k for k in given if getattr(self, k) != preset[k]))
+        self.changed += tuple(k for k, v in (("method", "convex_hull"), ("attack", "fim")) if getattr(self, k) != v)
         from opom.data.alignment import CANVASES
 
         if self.canvas not in CANVASES:
@@ -154,8 +161,9 @@ class EnrollResult:
                 lines.append(f"    grey photos (luminance mask): {g['clean_mean']:.3f} clean -> "
                              f"{g['protected_mean']:.3f} masked")
         if wb:
-            lines.append("  (these are the photos the mask was made from: `opom check` on other photos tells how it "
-                         "carries over; expected on new photos: see the README's protection table)")
+            lines.append("  (these are the photos the mask was made from; `opom check` on other photos tells how it "
+                         "carries over)")
+        lines.append("  " + expectation(self.masks.extra["enroll"]))
         if self.preview:
             lines.append(f"  preview: {self.preview}")
         lines += [f"  warning: {name} {why}" for name, why in self.outliers.items()]
@@ -163,6 +171,18 @@ class EnrollResult:
         if self.failed and self.written:
             lines.append(f"  warning (--force): {self.failed}")
         return "\n".join(lines)
+
+
+def expectation(enroll: dict) -> str:
+    """What the held-out-photo benchmark measured for this preset (:data:`opom.cloak.strength.EXPECTED`), or why
+    there is no such figure."""
+    strength, changed = enroll.get("strength"), enroll.get("changed") or []
+    if strength not in EXPECTED:
+        return "expected on new photos: not measured for this mask"
+    if changed:
+        return (f"expected on new photos: not measured ({', '.join(changed)} changed from the {strength!r} preset); "
+                "`opom check` on photos the mask never saw tells")
+    return f"expected on new photos ({strength!r}, measured on held-out photos): {EXPECTED[strength]}"
 
 
 def collect_photos(inputs: list[str | Path], skipped: dict[str, str] | None = None) -> list[Path]:
@@ -461,7 +481,8 @@ def enroll(inputs: list[str | Path] | str | Path, out: str | Path, name: str | N
                         "skipped": {Path(k).name: v for k, v in skipped.items()},
                         "outliers": {Path(k).name: v for k, v in outliers.items()}, "whitebox": check,
                         "detector": detector_used, "iterations": settings.iterations, "forced": bool(failed),
-                        "strength": settings.strength, "time_s": round(time.perf_counter() - start, 2)},
+                        "strength": settings.strength, "changed": list(settings.changed),
+                        "time_s": round(time.perf_counter() - start, 2)},
              "crafting": {"surrogates": specs, "canvas": settings.canvas, "ensemble": settings.ensemble,
                           "transforms": list(settings.transforms), "region": settings.region,
                           "chroma": settings.chroma,

@@ -14,3 +14,4 @@ STRENGTHS: dict[str, dict] = {
                "ensemble": "gradient"},
 }
 DEFAULT_STRENGTH = "balanced"
+EXPECTED: dict[str, str] = {}

