@@ -187,6 +187,21 @@ def test_enroll_strength_presets_and_explicit_settings():
         EnrollSettings(strength="max").validate()
 
 
+def test_enroll_states_the_measured_expectation_only_for_an_unchanged_preset():
+    from opom.cloak.enroll import expectation
+    from opom.cloak.strength import EXPECTED, STRENGTHS
+
+    assert set(EXPECTED) == set(STRENGTHS)  # every preset has its measured figures
+    preset = STRENGTHS["strong"]
+    same = EnrollSettings(strength="strong", eps=preset["eps"], surrogate=preset["surrogate"].replace(",", ", "))
+    assert same.validate().changed == ()  # giving the preset's own values changes nothing
+    assert EXPECTED["strong"] in expectation({"strength": "strong", "changed": []})
+    changed = EnrollSettings(strength="strong", eps=preset["eps"] + 2, attack="dfanet_mi").validate().changed
+    assert changed == ("eps", "attack")
+    words = expectation({"strength": "strong", "changed": list(changed)})
+    assert "not measured (eps, attack changed" in words and EXPECTED["strong"] not in words
+
+
 
 def test_a_second_run_keeps_the_finished_video(tmp_path):
     from opom.cloak.protect import protect
