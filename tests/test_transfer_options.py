@@ -6,11 +6,13 @@ import torch
 from helpers import TinyNet
 from torch import nn
 
-from opom.attack import Budget, select_dfanet_sites
+from opom.attack import FIM, Budget, select_dfanet_sites, texture_map
 from opom.data.alignment import Canvas, face_region
 from opom.errors import ConfigError
 from opom.refine import fit_ssim
 from opom.transforms import TRANSFORMS, RandomTransforms
+
+_THREADS = torch.get_num_threads()
 
 
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
@@ -56,6 +58,41 @@ def test_budget_limits_the_region_and_the_colour():
     assert grey.abs().max() <= eps + 1e-7
     with pytest.raises(ConfigError):
         Budget(chroma=1.5)
+
+
+def half_textured(flat_left: bool, n: int = 3, size: int = 32) -> torch.Tensor:
+    """(n, 3, size, size) photos: one half flat grey, the other half noise."""
+    g = torch.Generator().manual_seed(int(flat_left))
+    x = torch.full((n, 3, size, size), 0.5)
+    half = slice(size // 2, size) if flat_left else slice(0, size // 2)
+    x[..., half] = torch.rand(n, 3, size, size // 2, generator=g)
+    return x
+
+
+def test_texture_map_is_low_on_flat_skin_and_high_on_texture():
+    tex = texture_map(half_textured(flat_left=True))
+    assert tex.shape == (3, 1, 32, 32) and 0 <= tex.min() and tex.max() <= 1
+    assert tex[..., :10].max() < 0.05 and tex[..., 22:].min() > 0.95  # away from the seam
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_texture_budget_follows_each_identitys_photos(threads):
+    eps = 8 / 255
+    x = torch.stack([half_textured(flat_left=True), half_textured(flat_left=False)])  # (2 identities, 3, ...)
+    budget = Budget(texture=0.75).for_images(x)
+    assert budget.region.shape == (2, 1, 32, 32)
+    attack = FIM(eps=8, step=4, iterations=1)
+    state = attack.init_state(x, None, budget)
+    torch.set_num_threads(threads)  # one thread per identity: each must get its own rows of the region
+    try:
+        masks = attack.update(state, torch.randn_like(x))
+    finally:
+        torch.set_num_threads(_THREADS)
+    flat, textured = masks[0, ..., :10], masks[0, ..., 22:]
+    assert flat.abs().max() <= 0.25 * eps * 1.06 and textured.abs().max() > 0.99 * eps
+    assert masks[1, ..., 22:].abs().max() <= 0.25 * eps * 1.06 and masks[1, ..., :10].abs().max() > 0.99 * eps
+    with pytest.raises(ConfigError):
+        Budget(texture=2.0)
 
 
 class TwoStage(nn.Module):

@@ -36,30 +36,66 @@ class Budget:
     ``region`` (H, W) in [0, 1] scales the L-inf budget per pixel — a soft face region leaves hair and background
     untouched (:func:`opom.data.alignment.face_region`); ``chroma`` in [0, 1] limits the colour part of the change
     (each pixel's change minus its luma change) to that fraction: the eye notices colour speckle on skin sooner
-    than the same change in brightness. ``Budget()`` is the paper's budget.
+    than the same change in brightness; ``texture`` in [0, 1] makes the budget follow the photos' texture
+    (:func:`texture_map`): flat skin keeps ``1 - texture`` of it, textured pixels (hair, beard, eyes, pores) all of
+    it — change hides in texture. ``Budget()`` is the paper's budget.
+
+    The crafter calls :meth:`for_images` on each batch's clean photos: with ``texture`` the batch gets its own
+    per-identity region (B, 1, H, W) (the mean map of each person's photos; per photo when refining one photo).
     """
 
     region: torch.Tensor | None = None
     chroma: float = 1.0
+    texture: float = 0.0
+    texture_window: int = 5  # px: 5 on the 112 crop's scale (:func:`texture_map`)
 
     def __post_init__(self):
         if not 0 <= self.chroma <= 1:
             raise ConfigError(f"crafting.chroma must be in [0, 1], got {self.chroma}")
+        if not 0 <= self.texture <= 1:
+            raise ConfigError(f"crafting.texture must be in [0, 1], got {self.texture}")
 
     @property
     def plain(self) -> bool:
-        return self.region is None and self.chroma == 1
+        return self.region is None and self.chroma == 1 and self.texture == 0
 
-    def apply_(self, delta: torch.Tensor, eps: float) -> torch.Tensor:
-        """Shape (..., 3, H, W) offsets already within +-eps, in place."""
+    def for_images(self, x: torch.Tensor) -> Budget:
+        """The budget of one batch of clean photos ``x`` (B, N, 3, H, W) in [0, 1]: itself, or with ``texture`` a
+        per-identity region (B, 1, H, W)."""
+        if self.texture == 0:
+            return self
+        scale = texture_map(x.flatten(0, 1), window=self.texture_window).view(*x.shape[:2], 1, *x.shape[3:]).mean(dim=1)
+        scale = scale.mul_(self.texture).add_(1 - self.texture)
+        region = scale if self.region is None else scale * self.region.to(scale)
+        return Budget(region, self.chroma)
+
+    def apply_(self, delta: torch.Tensor, eps: float, rows: slice | None = None) -> torch.Tensor:
+        """Shape (..., 3, H, W) offsets already within +-eps, in place; ``rows``: the identities of a per-identity
+        region that ``delta`` holds (all of them when None)."""
         if self.region is not None:
-            limit = self.region.to(delta) * eps
+            region = self.region if rows is None or self.region.dim() == 2 else self.region[rows]
+            limit = region.to(delta) * eps
             torch.minimum(delta, limit, out=delta)
             torch.maximum(delta, -limit, out=delta)
         if self.chroma < 1:
             luma = (delta * torch.tensor(LUMA, dtype=delta.dtype, device=delta.device).view(3, 1, 1)).sum(-3, True)
             delta.sub_(luma).mul_(self.chroma).add_(luma)
         return delta
+
+
+def texture_map(images: torch.Tensor, reference: float = 8 / 255, window: int = 5) -> torch.Tensor:
+    """How textured each pixel's neighbourhood is, (M, 1, H, W) in [0, 1]: the local standard deviation of luma
+    over a ``window`` x ``window`` box (odd; 5 px on the 112 face crop's scale) relative to ``reference`` (8 grey
+    levels: contrast that hides a change of the paper's eps; 1 from there up), smoothed over the same box so that
+    the budget has no hard edges."""
+    k = window
+    luma = (images * torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(3, 1, 1)).sum(-3, True)
+
+    def box(t):
+        return F.avg_pool2d(t, k, stride=1, padding=k // 2, count_include_pad=False)
+
+    std = (box(luma * luma) - box(luma) ** 2).clamp_min_(0).sqrt_()
+    return box(std.div_(reference).clamp_(max=1.0)).clamp_(0, 1)
 
 
 @dataclass
@@ -249,12 +285,13 @@ class SignAttack:
         to ``out``."""
         raise NotImplementedError
 
-    def _project(self, x_adv: torch.Tensor, x: torch.Tensor, budget: Budget | None, out: torch.Tensor) -> None:
+    def _project(self, x_adv: torch.Tensor, x: torch.Tensor, budget: Budget | None, out: torch.Tensor,
+                 ids: slice) -> None:
         """Mask (into ``out``) = the mean offset over images, clipped to +-eps (and shaped by ``budget``); every
-        image restarts at ``clip(x + mask)`` (``x_adv`` is overwritten with that)."""
+        image restarts at ``clip(x + mask)`` (``x_adv`` is overwritten with that). ``ids``: the identities."""
         delta = torch.mean(x_adv.sub_(x), dim=1, out=out).clamp_(-self.eps, self.eps)
         if budget is not None:
-            budget.apply_(delta, self.eps)
+            budget.apply_(delta, self.eps, rows=ids)
         torch.add(x, delta.unsqueeze(1), out=x_adv).clamp_(0, 1)
 
     def __repr__(self) -> str:
@@ -268,7 +305,7 @@ class FIM(SignAttack):
 
     def _update(self, state, grad, ids, out):
         x_adv = state.x_adv[ids].add_(grad[ids].mean(dim=1, keepdim=True).sign_(), alpha=self.step)
-        self._project(x_adv, state.x[ids], state.budget, out)
+        self._project(x_adv, state.x[ids], state.budget, out, ids)
 
 
 class DFANetMI(SignAttack):
@@ -306,7 +343,7 @@ class DFANetMI(SignAttack):
         g = g.div_(g.abs().mean(dim=dims, keepdim=True).clamp_min(1e-12))
         momentum = state.momentum[ids].mul_(self.decay).add_(g)
         x_adv = state.x_adv[ids].add_(momentum.sign(), alpha=self.step)
-        self._project(x_adv, state.x[ids], state.budget, out)
+        self._project(x_adv, state.x[ids], state.budget, out, ids)
 
 
 ATTACKS: dict[str, type[SignAttack]] = {a.name: a for a in (FIM, DFANetMI)}

@@ -22,7 +22,7 @@ REGIONS = ("full", "face")
 
 def transfer_options(canvas, ensemble: str = "distance", transforms=(), transform_p: float = 0.5,
                      transform_params: dict | None = None, region: str = "full", chroma: float = 1.0,
-                     seed: int = 0) -> dict:
+                     texture: float = 0.0, seed: int = 0) -> dict:
     """The crafter's transfer-extension keyword arguments (``transforms``, ``ensemble``, ``budget``) from plain
     settings, for images on ``canvas`` (:class:`~opom.data.alignment.Canvas`): the one place the pipeline
     (``crafting.*``), enrolment and refinement turn settings into crafting options."""
@@ -30,7 +30,8 @@ def transfer_options(canvas, ensemble: str = "distance", transforms=(), transfor
 
     if region not in REGIONS:
         raise ConfigError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
-    budget = Budget(torch.from_numpy(face_region(canvas)) if region == "face" else None, float(chroma))
+    budget = Budget(torch.from_numpy(face_region(canvas)) if region == "face" else None, float(chroma), float(texture),
+                    texture_window=2 * round(2.5 * canvas.scale) + 1)
     params = transform_params or {}
     chosen = RandomTransforms({n: params.get(n, {}) for n in transforms or ()}, p=float(transform_p), seed=seed,
                               pixels_per_canonical=canvas.scale)
@@ -198,7 +199,8 @@ class MaskCrafter(L.LightningModule):
         if not self.method.crafts:  # random noise: one draw per identity, seeded by its index
             shape, seed = tuple(batch["images"].shape[2:]), self.attack.seed * 1_000_003
             noise = torch.stack([uniform_noise(shape, self.attack.eps, seed + int(i)) for i in people])
-            noise = self.budget.apply_(noise, self.attack.eps).to(self.masks)
+            budget = self.budget.for_images(batch["images"].float() / 255.0)
+            noise = budget.apply_(noise, self.attack.eps).to(self.masks)
             rows = self._batch_masks(batch)
             if rows is None:
                 self.masks.data[ids] = noise
@@ -208,7 +210,8 @@ class MaskCrafter(L.LightningModule):
             return None
         if iteration == 0:  # the clean images are converted once per batch and kept in the attack state
             init = None if self.init_masks is None else self.init_masks[ids]
-            self._state = self.attack.init_state(batch["images"].to(self.masks.dtype) / 255.0, init, self.budget)
+            x = batch["images"].to(self.masks.dtype) / 255.0
+            self._state = self.attack.init_state(x, init, self.budget.for_images(x))
             seed = batch_seed(self.attack.seed, int(people[0]))  # draws depend on this batch only, not on the job
             if self.transforms is not None:
                 self.transforms.reseed(seed)

@@ -289,7 +289,7 @@ def crafter_options(cfg: DictConfig, canvas: Canvas, seed: int) -> dict:
     c = OmegaConf.to_container(cfg.get("crafting") or OmegaConf.create({}), resolve=True)
     c.pop("mask_store", None)  # where the masks are kept: see _mask_store_choice
     extensions = {k: c.pop(k) for k in ("ensemble", "transforms", "transform_p", "transform_params", "region",
-                                        "chroma") if k in c}
+                                        "chroma", "texture") if k in c}
     return {**c, **transfer_options(canvas, seed=seed, **extensions)}
 
 
@@ -309,6 +309,8 @@ def options_label(cfg: DictConfig, attack_name: str = "fim") -> str:
         parts.append(f"region={c.region}")
     if c.get("chroma", 1.0) != 1.0:
         parts.append(f"chroma={c.chroma:g}")
+    if c.get("texture", 0.0):
+        parts.append(f"texture={c.texture:g}")
     return ", ".join(parts)
 
 

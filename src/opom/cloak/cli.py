@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "frame) or face (a soft face-shaped region)")
     e.add_argument("--chroma", type=float, help="share of the budget allowed for colour change, 0..1 (1: any; "
                                                 "lower: changes mostly in brightness, less colour speckle on skin)")
+    e.add_argument("--texture", type=float, help="0..1: the budget follows your photos' texture; flat skin keeps "
+                                                 "1 - texture of it (0: the same budget everywhere)")
     e.add_argument("--no-luminance", action="store_true", help="do not craft the mask for grey photos")
     e.add_argument("--force", action="store_true",
                    help="write the mask even when it does not fool its own surrogate on your photos")
@@ -225,6 +227,7 @@ def _enroll(args) -> int:
     settings = EnrollSettings(strength=args.strength, surrogate=args.surrogate, weights=args.weights,
                               method=args.method, attack=args.attack, eps=args.eps, iterations=args.iterations,
                               canvas=args.canvas, transforms=transforms, region=args.region, chroma=args.chroma,
+                              texture=args.texture,
                               detect=_detect(args),
                               luminance=not args.no_luminance, max_pixels=args.max_pixels)
     try:

@@ -73,6 +73,7 @@ class EnrollSettings:
     transforms: tuple[str, ...] | None = None  # opom.transforms names
     region: str | None = None  # full | face
     chroma: float | None = None  # share of the budget for colour change (1: plain L-inf; less: less colour speckle)
+    texture: float | None = None  # budget follows texture: flat skin keeps 1 - texture of it (0: plain L-inf)
     ensemble: str | None = None  # distance | gradient
     method_options: dict = field(default_factory=dict)
     attack_options: dict = field(default_factory=dict)
@@ -108,6 +109,8 @@ class EnrollSettings:
             raise UserError(f"region must be full or face, got {self.region!r}")
         if not 0 <= self.chroma <= 1:
             raise UserError(f"chroma must lie in [0, 1], got {self.chroma}")
+        if not 0 <= self.texture <= 1:
+            raise UserError(f"texture must lie in [0, 1], got {self.texture}")
         if not self.surrogates:
             raise UserError("no surrogate: name one or more face models, e.g. --surrogate sface,faceapi")
         if not self.eps > 0:
@@ -307,7 +310,8 @@ def craft_mask(crops, surrogate, settings: EnrollSettings, progress: bool = True
     quiet_lightning()
     options = transfer_options(canvas or Canvas(), ensemble=settings.ensemble or "distance",
                                transforms=settings.transforms or (), region=settings.region or "full",
-                               chroma=1.0 if settings.chroma is None else settings.chroma, seed=attack.seed)
+                               chroma=1.0 if settings.chroma is None else settings.chroma,
+                               texture=settings.texture or 0.0, seed=attack.seed)
     module = MaskCrafter(surrogate, method, attack, num_identities=1, image_size=int(crops.shape[-1]), **options)
     iterations = attack.iterations if method.crafts else 1
     loader = DataLoader(IdentityChunks(crops[None], 1, iterations), batch_size=None, shuffle=False)
@@ -485,7 +489,7 @@ def enroll(inputs: list[str | Path] | str | Path, out: str | Path, name: str | N
                         "time_s": round(time.perf_counter() - start, 2)},
              "crafting": {"surrogates": specs, "canvas": settings.canvas, "ensemble": settings.ensemble,
                           "transforms": list(settings.transforms), "region": settings.region,
-                          "chroma": settings.chroma,
+                          "chroma": settings.chroma, "texture": settings.texture,
                           "method": settings.method}}
     if specs is not None and threshold is not None and rules[0][2] == "cosine":
         extra["match"] = {"model": specs[0], "threshold": float(threshold),

@@ -39,7 +39,8 @@ class PhotoRefiner:
         options = transfer_options(self.canvas, ensemble=self.crafting.get("ensemble") or "distance",
                                    transforms=self.crafting.get("transforms") or (),
                                    region=self.crafting.get("region") or "full",
-                                   chroma=self.crafting.get("chroma") or 1.0, seed=attack.seed)
+                                   chroma=1.0 if self.crafting.get("chroma") is None else self.crafting["chroma"],
+                                   texture=self.crafting.get("texture") or 0.0, seed=attack.seed)
         return MaskCrafter(self.models, self.method(), attack, n, self.canvas.size,
                            init_masks=init, **options)
 

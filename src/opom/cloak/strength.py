@@ -6,12 +6,13 @@
 # with the photo around the face, only on a soft face region, with the transfer extensions that helped there.
 STRENGTHS: dict[str, dict] = {
     "paper": {"surrogate": "sface", "canvas": "arcface_112", "eps": 8.0, "iterations": 16, "transforms": (),
-              "region": "full", "chroma": 1.0, "ensemble": "distance"},
+              "region": "full", "chroma": 1.0, "texture": 0.0, "ensemble": "distance"},
     "balanced": {"surrogate": "sface,faceres,faceapi", "canvas": "canvas224", "eps": 8.0, "iterations": 20,
-                 "transforms": ("diversity", "jitter"), "region": "face", "chroma": 1.0, "ensemble": "gradient"},
+                 "transforms": ("diversity", "jitter"), "region": "face", "chroma": 1.0, "texture": 0.0,
+                 "ensemble": "gradient"},
     "strong": {"surrogate": "sface,faceres,mobileface,faceapi", "canvas": "canvas224", "eps": 12.0, "iterations": 30,
                "transforms": ("diversity", "jitter", "jpeg", "resize", "blur"), "region": "face", "chroma": 1.0,
-               "ensemble": "gradient"},
+               "texture": 0.0, "ensemble": "gradient"},
 }
 DEFAULT_STRENGTH = "balanced"
 EXPECTED: dict[str, str] = {}
