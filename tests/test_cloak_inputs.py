@@ -340,10 +340,13 @@ def test_resuming_into_finished_outputs_exits_0(tmp_path, mask_file, monkeypatch
     assert exit_status([{"outcome": "exists"}]) == 1 and exit_status([{"outcome": "done"}]) == 0
 
 
-def test_ctrl_c_after_the_work_is_done_does_not_change_the_status(tmp_path, mask_file, monkeypatch):
+def test_ctrl_c_after_the_work_is_done_does_not_change_the_status(tmp_path, mask_file, monkeypatch, request):
     import opom.cloak.report as report
     from opom.data import prepare as prep
 
+    # Python's own handler, also where the test runner started with SIGINT ignored (a background job of a shell)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     Image.fromarray(texture()).save(tmp_path / "p.png")
     monkeypatch.setattr("opom.cloak.faces.DetectSettings.build", lambda self, device="cpu": StubDetector(
         [face_points()]))
