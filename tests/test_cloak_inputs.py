@@ -462,9 +462,15 @@ def test_enroll_names_outliers_and_refuses_a_mask_that_fails_its_own_check(tmp_p
     with pytest.raises(WeakMask, match="does not fool its own surrogate") as err:
         enroll([folder], out, settings=weak, surrogate=TinyEmbedder(), threshold=-1.0, progress=False, quiet=True)
     assert not out.exists() and err.value.result.failed  # nothing written
+    assert err.value.result.masks.extra["enroll"]["iterations"] == 3  # it went on from the mask for 3 rounds in all
     result = enroll([folder], out, settings=weak, surrogate=TinyEmbedder(), threshold=-1.0, progress=False,
                     quiet=True, force=True)
     assert out.exists() and result.masks.extra["enroll"]["forced"]
+    once = EnrollSettings(strength="paper", iterations=1, luminance=False, rounds=1)
+    with pytest.raises(WeakMask) as err:
+        enroll([folder], out, settings=once, surrogate=TinyEmbedder(), threshold=-1.0, progress=False, quiet=True,
+               overwrite=True)
+    assert err.value.result.masks.extra["enroll"]["iterations"] == 1
 
 
 def test_enroll_name_default(tmp_path):

@@ -123,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "class_center, fi_uap, fi_uap_plus; convex_hull)")
     e.add_argument("--attack", default="fim", help="optimiser: fim or dfanet_mi; fim")
     e.add_argument("--eps", type=float, help="largest pixel change in grey levels")
-    e.add_argument("--iterations", type=int, help="attack iterations")
+    e.add_argument("--iterations", type=int, help="attack iterations (of each round)")
+    e.add_argument("--rounds", type=int, default=3, help="while the mask does not fool its own surrogates on your "
+                                                         "photos, continue from it for another --iterations, up to "
+                                                         "this many rounds in all (3)")
     e.add_argument("--canvas", help="aligned frame: arcface_112 (the face crop), canvas224 (plus the photo around "
                                     "it), canvas448 (the same at twice the resolution: finer on large faces)")
     e.add_argument("--transforms", help="comma-separated, drawn at every step so the mask survives them: "
@@ -227,7 +230,7 @@ def _enroll(args) -> int:
     settings = EnrollSettings(strength=args.strength, surrogate=args.surrogate, weights=args.weights,
                               method=args.method, attack=args.attack, eps=args.eps, iterations=args.iterations,
                               canvas=args.canvas, transforms=transforms, region=args.region, chroma=args.chroma,
-                              texture=args.texture,
+                              texture=args.texture, rounds=args.rounds,
                               detect=_detect(args),
                               luminance=not args.no_luminance, max_pixels=args.max_pixels)
     try:

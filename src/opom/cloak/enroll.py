@@ -79,6 +79,7 @@ class EnrollSettings:
     attack_options: dict = field(default_factory=dict)
     detect: DetectSettings = field(default_factory=DetectSettings)
     luminance: bool = True  # also craft the mask for grey photos
+    rounds: int = 3  # crafting continues from the mask (another `iterations`) while it fails its own check
     max_pixels: int | None = None  # larger photos are too_large (None: the default limit)
     changed: tuple[str, ...] = field(default=(), init=False)  # settings given that differ from the preset
 
@@ -117,6 +118,8 @@ class EnrollSettings:
             raise UserError(f"eps must be > 0 grey levels (e.g. 8), got {self.eps}")
         if self.iterations is not None and self.iterations < 1:
             raise UserError(f"iterations must be >= 1, got {self.iterations}")
+        if self.rounds < 1:
+            raise UserError(f"rounds must be >= 1, got {self.rounds}")
         if self.weights is not None:
             check_input_file(self.weights, f"weights of the surrogate {self.surrogates[0]!r}",
                              "give the weights file: --weights PATH")
@@ -289,9 +292,10 @@ def to_grey(crops):
     return luma.to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
 
 
-def craft_mask(crops, surrogate, settings: EnrollSettings, progress: bool = True, canvas=None):
+def craft_mask(crops, surrogate, settings: EnrollSettings, progress: bool = True, canvas=None, init=None):
     """One mask (3, H, W) in [0, 1] units for the aligned crops (N, 3, H, W) uint8 of one person, crafted on one
-    surrogate or a list of them, with the settings' transfer extensions on ``canvas`` images."""
+    surrogate or a list of them, with the settings' transfer extensions on ``canvas`` images; from the mask ``init``
+    (3, H, W) instead of a random start when given."""
     import lightning as L
     from torch.utils.data import DataLoader
 
@@ -312,7 +316,8 @@ def craft_mask(crops, surrogate, settings: EnrollSettings, progress: bool = True
                                transforms=settings.transforms or (), region=settings.region or "full",
                                chroma=1.0 if settings.chroma is None else settings.chroma,
                                texture=settings.texture or 0.0, seed=attack.seed)
-    module = MaskCrafter(surrogate, method, attack, num_identities=1, image_size=int(crops.shape[-1]), **options)
+    module = MaskCrafter(surrogate, method, attack, num_identities=1, image_size=int(crops.shape[-1]),
+                         init_masks=None if init is None else init[None], **options)
     iterations = attack.iterations if method.crafts else 1
     loader = DataLoader(IdentityChunks(crops[None], 1, iterations), batch_size=None, shuffle=False)
     trainer = L.Trainer(accelerator="auto", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
@@ -386,7 +391,7 @@ def _check_failure(check: dict, what: str) -> str | None:
     return f"{what}: {len(still)} of {len(per)} masked photo(s) still match (worst {worst:.3f} {sign} {thr:.3f})"
 
 
-FAILED_FIX = "use more --iterations or a larger --eps, or --force to keep the mask anyway"
+FAILED_FIX = "use more --iterations or --rounds, or a larger --eps, or --force to keep the mask anyway"
 
 
 def default_name(inputs: list[str | Path], out: Path) -> str:
@@ -460,21 +465,36 @@ def enroll(inputs: list[str | Path] | str | Path, out: str | Path, name: str | N
     for path, why in outliers.items():  # now, before the crafting: the user may stop and remove the photo
         log.warning(f"warning: {path} {why}")
     centre = F.normalize(clean.mean(0), dim=0)
-    crafter = surrogates if len(surrogates) > 1 else first
-    mask = craft_mask(images, crafter, settings, progress, canvas)
-    checks = {model_name: whitebox_check(m, images, mask, thr, rule=rule)
-              for m, (model_name, thr, rule) in zip(surrogates, rules, strict=True)}
-    failures = [_check_failure(c, f"colour mask, {model_name}") for model_name, c in checks.items()]
+
+    def checked(crops, models, what: str):
+        """Craft (continuing from the mask while it does not fool every surrogate, up to ``settings.rounds``
+        times) -> the mask, each surrogate's check, the failures, and the iterations used."""
+        mask, done = None, 0
+        for _ in range(settings.rounds):
+            mask = craft_mask(crops, models if len(models) > 1 else models[0], settings, progress, canvas, init=mask)
+            done += settings.iterations
+            found = {model_name: whitebox_check(m, crops, mask if what == "colour" else luminance_of(mask), thr,
+                                                rule=rule)
+                     for m, (model_name, thr, rule) in zip(surrogates, rules, strict=True)}
+            failures = [_check_failure(c, f"{what} mask, {model_name}") for model_name, c in found.items()]
+            if not any(failures):
+                break
+        return mask, found, failures, done
+
+    def luminance_of(mask):
+        return (mask * torch.tensor(LUMA).view(3, 1, 1)).sum(0, keepdim=True).clamp(
+            -settings.eps / 255.0, settings.eps / 255.0).expand(3, -1, -1)
+
+    mask, checks, failures, iterations_used = checked(images, surrogates, "colour")
     luminance = None
     if settings.luminance:
         grey = to_grey(images)
-        greys = [grey_input(m) for m in surrogates]
-        lum3 = craft_mask(grey, greys if len(greys) > 1 else greys[0], settings, progress, canvas)
-        luminance = (lum3 * torch.tensor(LUMA).view(3, 1, 1)).sum(0, keepdim=True).clamp(-settings.eps / 255.0,
-                                                                                         settings.eps / 255.0)
-        for m, (model_name, thr, rule) in zip(surrogates, rules, strict=True):
-            checks[model_name]["grey"] = whitebox_check(m, grey, luminance.expand(3, -1, -1), thr, rule=rule)
-            failures.append(_check_failure(checks[model_name]["grey"], f"luminance mask (grey photos), {model_name}"))
+        lum3, grey_checks, grey_failures, _ = checked(grey, [grey_input(m) for m in surrogates],
+                                                      "luminance (grey photos)")
+        luminance = luminance_of(lum3)[:1]
+        for model_name, c in grey_checks.items():
+            checks[model_name]["grey"] = c
+        failures += grey_failures
     # the first surrogate's numbers at the top (it is also the --choose match model), every surrogate's under "models"
     check = checks[rules[0][0]] if len(checks) == 1 else {**checks[rules[0][0]], "models": checks}
     failed = "; ".join(f for f in failures if f) or None
@@ -484,7 +504,7 @@ def enroll(inputs: list[str | Path] | str | Path, out: str | Path, name: str | N
     extra = {"enroll": {"photos": len(used), "sources": [Path(u).name for u in used],
                         "skipped": {Path(k).name: v for k, v in skipped.items()},
                         "outliers": {Path(k).name: v for k, v in outliers.items()}, "whitebox": check,
-                        "detector": detector_used, "iterations": settings.iterations, "forced": bool(failed),
+                        "detector": detector_used, "iterations": iterations_used, "forced": bool(failed),
                         "strength": settings.strength, "changed": list(settings.changed),
                         "time_s": round(time.perf_counter() - start, 2)},
              "crafting": {"surrogates": specs, "canvas": settings.canvas, "ensemble": settings.ensemble,
