@@ -21,11 +21,14 @@ HERE = Path(__file__).resolve().parent
 ORDER = ["paper", "ensemble=gradient", "diversity", "jitter", "jpeg+resize+blur", "region=face", "dfanet",
          "diversity+jpeg+resize+blur", "diversity+jpeg+resize+blur, region=face, chroma=0.5",
          "diversity+jpeg+resize+blur, region=face, chroma=0.5, texture=0.75",
-         "ensemble=gradient, diversity+jitter+jpeg+resize+blur, region=face"]
+         "ensemble=gradient, diversity+jitter+jpeg+resize+blur, region=face",
+         "ensemble=gradient, diversity+jitter+jpeg+resize+blur, region=face, chroma=0.5, texture=0.75"]
 # the targets every sweep holds out (the mean is over these, so that rows compare; mobileface is left out of it:
 # it matches too few clean photos for its protection rate to mean anything)
 COMMON = ["sface", "faceapi", "dlib"]
-NAMES = {"ensemble=gradient, diversity+jitter+jpeg+resize+blur, region=face": "all together"}
+NAMES = {"ensemble=gradient, diversity+jitter+jpeg+resize+blur, region=face": "all together",
+         "ensemble=gradient, diversity+jitter+jpeg+resize+blur, region=face, chroma=0.5, texture=0.75":
+             "all together, softer (chroma 0.5, texture 0.75)"}
 
 
 def label(row: dict) -> str:
@@ -87,13 +90,20 @@ def figure(entries: list[dict], path: Path) -> None:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(10, 5.2))
     markers = {"universal": "o", "refined": "^"}
+    options = sorted({e["option"] for e in entries}, key=lambda o: (ORDER.index(o) if o in ORDER else 99, o))
+    colours = {o: (plt.cm.tab10 if len(options) <= 10 else plt.cm.tab20)(i % 20) for i, o in enumerate(options)}
     for e in entries:
-        ax.scatter(e["psnr"], e["mean"], marker=markers.get(e["mask"], "s"), s=50,
-                   color=plt.cm.tab10(ORDER.index(e["option"]) % 10 if e["option"] in ORDER else 9))
-        ax.annotate(f"{NAMES.get(e['option'], e['option'])}\n{e['mask']}, eps {e['eps']:g}",
-                    (e["psnr"], e["mean"]), fontsize=6, xytext=(4, 2), textcoords="offset points")
+        ax.scatter(e["psnr"], e["mean"], marker=markers.get(e["mask"], "s"), s=46, color=colours[e["option"]],
+                   edgecolor="black", linewidth=0.4)
+        ax.annotate(f"{e['eps']:g}", (e["psnr"], e["mean"]), fontsize=6, xytext=(4, -3), textcoords="offset points")
+    for o in options:
+        ax.scatter([], [], color=colours[o], marker="s", label=NAMES.get(o, o).replace(", ", ",\n  "))
+    for mask, marker in markers.items():
+        ax.scatter([], [], color="grey", marker=marker, label=f"{mask} mask")
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              title="crafting (number beside a point: eps)", title_fontsize=7)
     ax.axvline(35, color="grey", lw=0.8, ls="--")
     ax.axhline(0.9, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("face-region PSNR of the protected held-out photos (dB; higher = less visible)")
@@ -122,7 +132,7 @@ def main(argv=None) -> int:
             f"eps column is then the budget it used). Rates move by 1/{photos} per photo. Face PSNR/SSIM: the "
             f"canonical 112 face box of the protected vs clean held-out photos.\n\n"
             f"Made by `bash experiments/transfer_ablation/reproduce.sh` (sweeps: "
-            f"{', '.join(str(s) for s in args.sweeps)}; python {platform.python_version()}).\n\n"
+            f"{', '.join(s.name for s in args.sweeps)}; python {platform.python_version()}).\n\n"
             + markdown(entries, targets) + "\n\n![protection vs PSNR](ablation.png)\n")
     args.out.write_text(text)
     print(text)
