@@ -473,6 +473,18 @@ def test_enroll_names_outliers_and_refuses_a_mask_that_fails_its_own_check(tmp_p
     assert err.value.result.masks.extra["enroll"]["iterations"] == 1
 
 
+def test_whitebox_check_fails_on_average_and_warns_per_photo():
+    from opom.cloak.enroll import _check_failure, _still_matching
+
+    mostly = {"threshold": 0.363, "protected_per_photo": [0.2, 0.5], "protected_mean": 0.35}
+    assert _check_failure(mostly, "sface") is None  # fooled on average: the mask is written...
+    assert "1 of 2 masked photo(s) still match (worst 0.500 >= 0.363)" in _still_matching(mostly, "sface")  # ...warned
+    assert "still match on average (0.400 >= 0.363)" in _check_failure({**mostly, "protected_mean": 0.4}, "sface")
+    l2 = {"threshold": 0.6, "rule": "l2", "protected_per_photo": [0.9, 0.5], "protected_mean": 0.7}
+    assert _check_failure(l2, "dlib") is None and "worst 0.500 < 0.600" in _still_matching(l2, "dlib")
+    assert _check_failure({**l2, "protected_mean": 0.55}, "dlib") is not None
+
+
 def test_enroll_name_default(tmp_path):
     from opom.cloak.enroll import default_name
 

@@ -26,28 +26,37 @@ def _network(arch: str, embedding_size: int):
     return entry.build({"name": arch, "arch": arch}, BuildContext())  # bundled weights (sface, dlib)
 
 
+def _rate(step, batch: int, repeats: int, min_seconds: float = 1.0) -> float:
+    """Embeddings/s of ``step`` (one batch), over at least ``repeats`` calls and ``min_seconds``."""
+    step()  # warm-up
+    calls, start = 0, time.perf_counter()
+    while calls < repeats or time.perf_counter() - start < min_seconds:
+        step()
+        calls += 1
+    return batch * calls / (time.perf_counter() - start)
+
+
 def measure(arch: str, batch: int, repeats: int) -> tuple[float, float | None]:
     entry = ZOO[arch]
     model = FaceModel(_network(arch, entry.preprocessing.embedding_size), entry.preprocessing, arch,
                       entry.differentiable).eval()
     x = torch.rand(batch, 3, 112, 112)
-    with torch.no_grad():
-        model(x)  # warm-up
-        t = time.perf_counter()
-        for _ in range(repeats):
+
+    def forward():
+        with torch.no_grad():
             model(x)
-        fwd = batch * repeats / (time.perf_counter() - t)
+
+    fwd = _rate(forward, batch, repeats)
     if not entry.differentiable:
         return fwd, None
     for p in model.parameters():
         p.requires_grad_(False)
-    xg = x.clone().requires_grad_(True)
-    torch.autograd.grad(model(xg).sum(), xg)  # warm-up
-    t = time.perf_counter()
-    for _ in range(repeats):
+
+    def forward_backward():
         xg = x.clone().requires_grad_(True)
         torch.autograd.grad(model(xg).sum(), xg)
-    return fwd, batch * repeats / (time.perf_counter() - t)
+
+    return fwd, _rate(forward_backward, batch, repeats)
 
 
 def main(argv=None) -> int:
