@@ -70,6 +70,8 @@ def ready_time(code: str, repeats: int) -> tuple[float, str]:
         line = proc.stdout.readline().strip()
         times.append(time.perf_counter() - start)
         proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"the start-up probe failed (exit {proc.returncode}): {code}")
     return float(np.median(times)), line
 
 
@@ -98,15 +100,17 @@ def startup(mask: Path, repeats: int) -> list[str]:
         "opom check --panel sface: detector, SFace": "import sys; from opom.cloak import cli; "
             "from opom.cloak.check import build_panel; from opom.cloak.faces import DetectSettings; "
             f"DetectSettings().build(); build_panel(['sface']); print({HEAVY})",
-        "opom check (sface, dlib): detector, SFace, dlib (through the zoo: torch)": "import sys; "
+        "opom check (sface, dlib): detector, SFace, dlib (dlib itself, no torch)": "import sys; "
             "from opom.cloak import cli; from opom.cloak.check import build_panel; "
             "from opom.cloak.faces import DetectSettings; DetectSettings().build(); "
             f"build_panel(['sface', 'dlib']); print({HEAVY})",
         "opom enroll, until the first photo is read: CLI imports, detector": "import sys; from opom.cloak import cli; "
             "from opom.cloak.enroll import EnrollSettings; EnrollSettings().detect.build(); print(" + HEAVY + ")",
-        "opom enroll, then the crafting stack: torch, Lightning, SFace surrogate": "import sys; "
-            "from opom.cloak.enroll import EnrollSettings, build_surrogate; import lightning, opom.module; "
-            "build_surrogate(EnrollSettings()); print(" + HEAVY + ")",
+        "opom enroll, then the crafting stack: torch, Lightning, the default preset's surrogates": "import sys; "
+            "from opom.cloak.enroll import EnrollSettings, build_surrogates, surrogate_specs; "
+            "from opom.data.alignment import CANVASES; import lightning, opom.module; "
+            "s = EnrollSettings().validate(); build_surrogates(surrogate_specs(s), CANVASES[s.canvas]); "
+            "print(" + HEAVY + ")",
     }
     rows = []
     for what, code in probes.items():
@@ -274,16 +278,20 @@ def loo(tmp: Path) -> tuple[list[str], list[str], Path]:
         enroll(train, mask, name="obama", progress=False, quiet=True)
         enroll_s = time.perf_counter() - start
         first_mask = first_mask or mask
-        entries = protect([folder / f"{held}.jpg"], mask, out=tmp / f"loo_{held}", settings=ProtectSettings(),
-                          progress=False, quiet=True)
-        (entry,) = [e for e in entries if e["outcome"] == "protected"]
-        res = check(train, protected=[entry["output"]], originals=[folder / f"{held}.jpg"], panel=panel,
-                    quiet=True)
         cells = []
-        for model in ("sface", "dlib"):
-            (r,) = [r for r in res.rows if r["model"] == model]
-            cells.append(f"{r['clean_score']:.3f} -> {r['protected_score']:.3f} ({r['verdict']})")
-        rows.append(f"| {held}.jpg | {', '.join(p.name for p in train)} | {enroll_s:.0f} | {cells[0]} | {cells[1]} |")
+        for refine in (0, 20):  # the mask as it is, then refined on the photo (opom protect --refine 20)
+            start = time.perf_counter()
+            entries = protect([folder / f"{held}.jpg"], mask, out=tmp / f"loo_{held}_{refine}",
+                              settings=ProtectSettings(refine=refine), progress=False, quiet=True)
+            protect_s = time.perf_counter() - start
+            (entry,) = [e for e in entries if e["outcome"] == "protected"]
+            res = check(train, protected=[entry["output"]], originals=[folder / f"{held}.jpg"], panel=panel,
+                        quiet=True)
+            for model in ("sface", "dlib"):
+                (r,) = [r for r in res.rows if r["model"] == model]
+                cells.append(f"{r['clean_score']:.3f} -> {r['protected_score']:.3f} ({r['verdict']})")
+        rows.append(f"| {held}.jpg | {', '.join(p.name for p in train)} | {enroll_s:.0f} | {' | '.join(cells)} | "
+                    f"{protect_s:.0f} |")
         print(rows[-1], flush=True)
     # the mask on its own enrolment photos (what the README reported before)
     seen = tmp / "all3.safetensors"
@@ -342,7 +350,7 @@ def whole_commands(tmp: Path, mask: Path) -> list[str]:
     folder = tmp / "obama"
     rows = []
     seconds, rc, _ = wall([*OPOM, "enroll", str(folder), "--out", str(tmp / "cli.safetensors"), "--no-progress"])
-    rows.append(f"| `opom enroll` 3 photos (defaults: FIM 16 iterations, colour + luminance masks) | {seconds:.1f} | "
+    rows.append(f"| `opom enroll` 3 photos (default preset, colour + luminance masks) | {seconds:.1f} | "
                 f"{rc} |")
     seconds, rc, _ = wall([*OPOM, "protect", str(folder), "--mask", str(mask), "--out", str(tmp / "cmd"),
                            "--no-progress"])
@@ -418,11 +426,13 @@ def main() -> None:
         "## Whole commands", "",
         "| command | wall s | exit |", "|---|---:|---|", *cmd_rows, "",
         "## What protects: photos the mask never saw", "",
-        "Leave-one-out: the mask is enrolled (defaults) on two Obama photos, the third is protected and checked "
-        "against the two (score of the clean original -> the protected copy; SFace: cosine, same person at >= "
-        "0.363; dlib: L2 distance, same at < 0.6).", "",
-        "| protected photo | enrolled on | enroll s | SFace (surrogate) | dlib (black box) |",
-        "|---|---|---:|---|---|", *loo_rows, "",
+        "Leave-one-out: the mask is enrolled (default preset) on two Obama photos, the third is protected — with "
+        "the mask as it is, and refined on the photo (`--refine 20`) — and checked against the two (score of the "
+        "clean original -> the protected copy; SFace: cosine, same person at >= 0.363; dlib: L2 distance, same at "
+        "< 0.6).", "",
+        "| protected photo | enrolled on | enroll s | SFace (surrogate), mask | dlib (black box), mask | SFace, "
+        "refined | dlib, refined | protect --refine 20 s |",
+        "|---|---|---:|---|---|---|---|---:|", *loo_rows, "",
         "For comparison, a mask enrolled on all three and checked on those same three photos (what a mask does on "
         "the photos it was made from; not a fair measure of protection):", "",
         "| photo | SFace | dlib |", "|---|---|---|", *seen_rows, "",
@@ -433,7 +443,8 @@ def main() -> None:
         "changed | size |", "|---|---|---|---:|---:|---:|---|", *cost_rows, "",
         "Reading the numbers: start-up is imports plus loading the detector (YuNet and O-Net through OpenCV) and "
         "SFace (OpenCV's dnn), without torch; torch's own import is in the start-up table for comparison: enroll "
-        "needs it (crafting is gradient-based), check needs it for dlib through the zoo. Per photo, detection and "
+        "needs it (crafting is gradient-based); check needs it only for panel models other than SFace and dlib. "
+        "Per photo, detection and "
         "matching are about half; JPEG encoding (one encode and decode per quality tried) and the aligned-crop "
         "checks the rest. \"aligned max change\" is the largest change, in grey levels, inside the face's aligned "
         "crop of the written file (eps 8 plus rounding, plus JPEG noise); \"retention\" the cosine of that change "
