@@ -496,14 +496,19 @@ def test_enroll_name_default(tmp_path):
 # ------------------------------------------------------------------------------------------ start-up
 
 
+def run_python(code: str) -> str:
+    """What a fresh Python process running ``code`` with the project's sources prints."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          check=True).stdout.strip()
+
+
 def test_protect_and_check_import_no_torch():
     code = ("import sys, opom.cloak, opom.cloak.cli, opom.cloak.protect, opom.cloak.check, opom.cloak.enroll, "
             "opom.cloak.mask, opom.data.prepare, opom.data.inputs\n"
             "heavy = [m for m in ('torch', 'lightning', 'hydra', 'facenet_pytorch', 'av', 'matplotlib') "
             "if m in sys.modules]\nprint(heavy)")
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
-    assert out.strip() == "[]"
+    assert run_python(code) == "[]"
 
 
 def test_default_check_panel_runs_without_torch():
@@ -513,17 +518,13 @@ def test_default_check_panel_runs_without_torch():
             "panel = build_panel(('sface', 'dlib')); "
             "crop = np.full((224, 224, 3), 128, np.uint8); "
             "print([p.model.embed_crops([crop]).shape for p in panel], 'torch' in sys.modules)")
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
-    assert out.strip() == "[(1, 128), (1, 128)] False"
+    assert run_python(code) == "[(1, 128), (1, 128)] False"
 
 
 def test_mask_loads_without_torch(tmp_path, mask_file):
     code = (f"import sys; from opom.cloak.mask import load_person_mask; p = load_person_mask({str(mask_file)!r}); "
             "print(p.delta.shape, 'torch' in sys.modules)")
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
-    assert out.strip() == "(112, 112, 3) False"
+    assert run_python(code) == "(112, 112, 3) False"
 
 
 def test_report_is_json_with_the_documented_fields(tmp_path, mask_file):

