@@ -21,7 +21,6 @@ Every input path gets one line in the report (:mod:`opom.cloak.report`), skipped
 
 from __future__ import annotations
 
-import hashlib
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ from opom.data.alignment import similarity_transform, warp_to_template
 from opom.data.inputs import VIDEO_SUFFIXES, check_output_folder, set_max_pixels, walk
 from opom.data.photos import PhotoError
 from opom.errors import UserError
+from opom.hashing import sha256_file
 
 MATCH_TEMPLATE = "arcface_112"  # recognition models of the zoo take canonical 112x112 crops
 DEFAULT_QUALITIES = (95, 97, 99, 100)
@@ -393,14 +393,6 @@ def default_report_path(inputs: list[str | Path], out_dir: str | Path | None) ->
     return (first if first.is_dir() else first.parent) / REPORT_NAME
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _earlier(report_path: Path) -> dict[str, dict]:
     """The latest ``protected`` / ``done`` entry of each output in an earlier report (resolved output paths)."""
     if not report_path.is_file():
@@ -424,7 +416,7 @@ def _done(job: Job, earlier: dict[str, dict], mask_id: dict, settings: dict) -> 
     if entry.get("source_size") != src.st_size or entry.get("output_size") != dst.st_size \
             or entry.get("output_mtime_ns") != dst.st_mtime_ns:
         return None
-    if entry.get("source_mtime_ns") != src.st_mtime_ns and entry.get("sha256") != _file_sha256(job.source):
+    if entry.get("source_mtime_ns") != src.st_mtime_ns and entry.get("sha256") != sha256_file(job.source):
         return None
     return entry
 

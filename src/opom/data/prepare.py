@@ -45,6 +45,7 @@ from opom.data.detectors import DEFAULT_DETECTOR, MTCNNDetector, build_detector,
 from opom.data.inputs import check_output_folder, is_video, link_reason, set_max_pixels
 from opom.data.photos import PhotoError, detection_view, read_photo_bytes, to_full_resolution
 from opom.errors import UserError
+from opom.hashing import sha256_file
 
 PREPARE_VERSION = 1
 MANIFEST_NAME = "manifest.jsonl"
@@ -246,14 +247,6 @@ def scan_photos(input_root: str | Path, exclude: Path | None = None) -> tuple[li
                 skip = ("unsupported", "a video: prepare takes photos")
             jobs.append(PhotoJob(str(path), path.relative_to(root).as_posix(), identity, stem, skip))
     return jobs, notes
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ detection

