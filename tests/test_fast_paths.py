@@ -53,28 +53,28 @@ def test_convex_hull_method_warm_and_cold_give_the_same_loss():
 
 @pytest.mark.parametrize("attack", [FIM(eps=4), DFANetMI(eps=4), DFANetMI(eps=4, normalizer="l1", decay=0.5)],
                          ids=["fim", "dfanet_reference", "dfanet_l1"])
-def test_per_identity_cpu_updates_equal_whole_batch_updates(attack):
-    """One thread, identities shared out over 3 threads, and the whole batch at once (CUDA's path): the same."""
+def test_chunked_cpu_updates_equal_whole_batch_updates(attack, monkeypatch):
+    """The CPU update over chunks of 1 and of 2 identities (the last one short) and the whole batch at once
+    (GPUs' path): the same masks and perturbed images, bit for bit."""
+    import opom.attack
+
     g = torch.Generator().manual_seed(0)
     x = torch.rand(5, 4, 3, 16, 16, generator=g)
-    threads = torch.get_num_threads()
-    one, three, whole = attack.init_state(x), attack.init_state(x), attack.init_state(x)
-    try:
-        for _ in range(4):
-            grad = torch.randn(x.shape, generator=g)
-            torch.set_num_threads(1)
-            masks = attack.update(one, grad.clone())  # CPU: one identity after the other
-            torch.set_num_threads(3)
-            shared = attack.update(three, grad.clone())  # CPU: identities 0, 3 | 1, 4 | 2 on three threads
-            if whole.momentum is None and isinstance(attack, DFANetMI):
-                whole.momentum = torch.zeros_like(grad)
-            expected = torch.empty_like(masks)
-            attack._update(whole, grad.clone(), slice(None), expected)  # the whole batch at once
-            assert torch.equal(masks, expected) and torch.equal(shared, expected)
-            assert torch.equal(one.x_adv, whole.x_adv) and torch.equal(three.x_adv, whole.x_adv)
-            assert masks.abs().max() <= 4 / 255 + 1e-7 and masks.abs().max() > 0
-    finally:
-        torch.set_num_threads(threads)
+    per_identity = 3 * x[0].numel() * x.element_size()
+    one, two, whole = attack.init_state(x), attack.init_state(x), attack.init_state(x)
+    for _ in range(4):
+        grad = torch.randn(x.shape, generator=g)
+        monkeypatch.setattr(opom.attack, "UPDATE_CHUNK_BYTES", per_identity)
+        masks = attack.update(one, grad.clone())  # identities 0 | 1 | 2 | 3 | 4
+        monkeypatch.setattr(opom.attack, "UPDATE_CHUNK_BYTES", 2 * per_identity + 1)
+        paired = attack.update(two, grad.clone())  # identities 0, 1 | 2, 3 | 4
+        if whole.momentum is None and isinstance(attack, DFANetMI):
+            whole.momentum = torch.zeros_like(grad)
+        expected = torch.empty_like(masks)
+        attack._update(whole, grad.clone(), slice(None), expected)  # the whole batch at once
+        assert torch.equal(masks, expected) and torch.equal(paired, expected)
+        assert torch.equal(one.x_adv, whole.x_adv) and torch.equal(two.x_adv, whole.x_adv)
+        assert masks.abs().max() <= 4 / 255 + 1e-7 and masks.abs().max() > 0
 
 
 def _craft_tiny(**options):

@@ -15,8 +15,6 @@ each identity), so an identity's mask does not depend on which identities share 
 from __future__ import annotations
 
 import contextlib
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from opom.errors import ConfigError
-from opom.threads import one_cpu_thread
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights of R, G, B
 
@@ -202,20 +199,9 @@ def feature_dropout(model: nn.Module | nn.ModuleList | list, p: float):
             h.remove()
 
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _update_pool(workers: int) -> ThreadPoolExecutor:
-    """Worker threads of the CPU mask updates, each on one intra-op thread (created once, grown when needed)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:
-            if _POOL is not None:
-                _POOL.shutdown(wait=False)
-            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="opom-update",
-                                       initializer=torch.set_num_threads, initargs=(1,))
-        return _POOL
+# The CPU update runs over chunks of identities whose gradient, images and perturbed images fit together in about
+# this many bytes: each pass of the update then reads them from the cache, not from memory.
+UPDATE_CHUNK_BYTES = 16 << 20
 
 
 class SignAttack:
@@ -254,30 +240,23 @@ class SignAttack:
         into ``out`` when given (e.g. the crafter's mask rows of this batch: no copy).
 
         Works in place on ``state.x_adv``, ``state.momentum`` and ``grad`` (the crafter passes a fresh
-        gradient each step): no image-sized temporaries. On the CPU each identity is updated on one thread —
-        its images fit in the cache, so this is several times faster than whole-batch passes and immune to
-        thread contention — and the identities are shared out over torch's intra-op thread count (one after
-        the other when that is 1); elsewhere the whole batch at once. Every order does exactly the same
-        arithmetic per identity, so the masks are bit-identical.
+        gradient each step): no image-sized temporaries. On the CPU the identities are updated a chunk at a time
+        (:data:`UPDATE_CHUNK_BYTES`): the update makes several passes over the images, and a chunk's tensors stay
+        in the cache between them (measured on 2 cores, 16 identities x 10 images: ~5 ms per step against ~7.5 for
+        one identity per thread on a thread pool and for the whole batch at once). Every chunking does exactly the
+        same arithmetic per identity, so the masks are bit-identical to the whole-batch update (GPUs' path).
         """
         if out is None:
             out = torch.empty((grad.shape[0], *grad.shape[2:]), dtype=state.x.dtype, device=state.x.device)
         if state.x.device.type != "cpu":
             self._update(state, grad, slice(None), out)
             return out
-        count, workers = grad.shape[0], min(torch.get_num_threads(), grad.shape[0])
-
-        def run(first: int) -> None:
-            with torch.no_grad():
-                for b in range(first, count, workers):
-                    self._update(state, grad, slice(b, b + 1), out[b:b + 1])
-
-        if workers <= 1:
-            with one_cpu_thread():
-                run(0)
-        else:
-            for future in [_update_pool(workers).submit(run, k) for k in range(workers)]:
-                future.result()
+        per_identity = 3 * grad[0].numel() * grad.element_size()  # gradient, images, perturbed images
+        chunk = max(1, UPDATE_CHUNK_BYTES // per_identity)
+        with torch.no_grad():
+            for first in range(0, grad.shape[0], chunk):
+                rows = slice(first, first + chunk)
+                self._update(state, grad, rows, out[rows])
         return out
 
     def _update(self, state: AttackState, grad: torch.Tensor, ids: slice, out: torch.Tensor) -> None:
