@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from opom.allocator import reuse_freed_memory
 from opom.attack import AttackState, Budget, SignAttack, batch_seed, feature_dropout, select_dfanet_sites, uniform_noise
 from opom.errors import ConfigError
 from opom.mask_store import MaskStore
@@ -153,6 +155,17 @@ class MaskCrafter(L.LightningModule):
         """The surrogate when there is one (the first of an ensemble)."""
         return self.surrogates[0]
 
+    def setup(self, stage: str) -> None:
+        """From here to :meth:`teardown` (also after an error) freed memory stays with the process: each step
+        reuses the previous step's instead of faulting it in again (:mod:`opom.allocator`)."""
+        self._memory = contextlib.ExitStack()
+        self._memory.enter_context(reuse_freed_memory())
+
+    def teardown(self, stage: str) -> None:
+        memory, self._memory = getattr(self, "_memory", None), None
+        if memory is not None:
+            memory.close()
+
     def on_fit_start(self) -> None:
         if self.channels_last:
             self.surrogates.to(memory_format=torch.channels_last)
@@ -167,31 +180,39 @@ class MaskCrafter(L.LightningModule):
     def configure_optimizers(self):
         return None  # the attack in ``training_step`` updates the masks
 
-    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """L2-normalised features (B, N, D_k) of every surrogate."""
+    def _embed(self, network: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """One surrogate's L2-normalised features (B, N, D) of images (B, N, 3, H, W)."""
         b, n = images.shape[:2]
         x = images.flatten(0, 1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return [F.normalize(network(x), dim=1).view(b, n, -1) for network in self._networks]
+        return F.normalize(network(x), dim=1).view(b, n, -1)
 
-    def _loss_and_grad(self, adv: list[torch.Tensor], clean: list[torch.Tensor], iteration: int,
+    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every surrogate's L2-normalised features (B, N, D_k)."""
+        return [self._embed(network, images) for network in self._networks]
+
+    def _loss_and_grad(self, seen: torch.Tensor, clean: list[torch.Tensor], iteration: int,
                        x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-identity objective (B,) and its gradient w.r.t. ``x_adv``: one surrogate's loss, or the ensemble's
-        combination (see the class docstring)."""
-        terms = [m.loss(a, c, iteration) for m, a, c in zip(self._methods, adv, clean, strict=True)]
-        if len(terms) == 1:
-            (grad,) = torch.autograd.grad(terms[0].sum(), x_adv)
-            return terms[0], grad
-        if self.ensemble == "distance":
-            losses = torch.stack([t * a.shape[-1] for t, a in zip(terms, adv, strict=True)]).mean(dim=0)
-            (grad,) = torch.autograd.grad(losses.sum(), x_adv)
-            return losses, grad
-        grad = torch.zeros_like(x_adv)
-        for k, term in enumerate(terms):
-            (g,) = torch.autograd.grad(term.sum(), x_adv, retain_graph=k < len(terms) - 1)
-            grad += g / g.abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-12)
-        return torch.stack(terms).mean(dim=0), grad
+        """Per-identity objective (B,) and its gradient w.r.t. ``x_adv``, from the images the surrogates see
+        (``seen``: ``x_adv`` or its random transforms): one surrogate's loss, or the ensemble's combination (see
+        the class docstring). The members run one after the other — forward, loss and input gradient — so only
+        one member's graph is in memory at a time."""
+        count = len(self._networks)
+        losses = grad = None
+        for k, (network, method, anchors) in enumerate(zip(self._networks, self._methods, clean, strict=True)):
+            adv = self._embed(network, seen)
+            term = method.loss(adv, anchors, iteration)
+            if count > 1 and self.ensemble == "distance":
+                term = term * (adv.shape[-1] / count)
+            # a shared transform's graph serves every member: keep it until the last one
+            (g,) = torch.autograd.grad(term.sum(), x_adv, retain_graph=k < count - 1 and seen is not x_adv)
+            if count > 1 and self.ensemble == "gradient":
+                g = g / g.abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-12)
+                term = term / count
+            term = term.detach()
+            losses, grad = (term, g) if grad is None else (losses + term, grad.add_(g))
+        return losses, grad
 
     def training_step(self, batch: dict, batch_idx: int):
         ids, iteration = batch["ids"], int(batch["iteration"])
@@ -228,7 +249,7 @@ class MaskCrafter(L.LightningModule):
                     state.clean_features = self._features(state.x)
             x_adv = state.x_adv.detach().requires_grad_(True)
             seen = x_adv if self.transforms is None else self.transforms(x_adv.flatten(0, 1)).view_as(x_adv)
-            losses, grad = self._loss_and_grad(self._features(seen), state.clean_features, iteration, x_adv)
+            losses, grad = self._loss_and_grad(seen, state.clean_features, iteration, x_adv)
         with torch.no_grad():
             rows = self._batch_masks(batch)
             masks = self.attack.update(state, grad, out=rows)
