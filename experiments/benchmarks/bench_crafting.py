@@ -7,11 +7,12 @@ and where every millisecond of a crafting step goes.
 For each setting, one round = one full crafting run exactly as the pipeline runs it (``Trainer.fit`` of
 ``MaskCrafter`` over one batch of identities for every attack iteration: data loading, clean features,
 the method's loss with its exact projection, the input gradient, the attack update, the mask write-back,
-Lightning's loop and logging to CSV on the pipeline's logging steps) and, on the same images, as many bare
-passes ``autograd.grad(surrogate(x).sum(), x)`` per surrogate as the crafting has steps, and the surrogate passes
-the method itself needs (see ``method_passes_seconds``). They are interleaved (the order rotating every round)
-so that load from other jobs hits all alike; the ratio is bare time / crafting time per round, and the table
-gives the median over rounds.
+Lightning's loop and logging to CSV on the pipeline's logging steps) with, before every one of its steps, the
+reference passes on the same images (:class:`PairedPasses`): the bare ``autograd.grad(surrogate(x).sum(), x)`` of
+every surrogate, and the surrogate passes the method itself needs. Paired step by step, crafting and reference
+see the same machine: this 2-core VM's speed drifts by +-20 % within seconds (other tenants; measured: bare passes
+of one process between 117 and 196 ms), which made ratios of separate runs move as much as the distance to the
+target. The ratio is bare time / crafting time per round; the table gives the median over rounds.
 
 Two clocks (``--modes``): ``wall`` — wall time with torch's default thread count (what a user sees; on a loaded
 machine other jobs' load is in it); ``cpu1`` — CPU time of the process with ONE torch thread: the work itself,
@@ -43,8 +44,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import lightning as L
 import torch
-from benchlib import craft_seconds, default_world, interleaved, machine_header, median, quiet, subset
+from benchlib import craft_seconds, default_world, machine_header, median, quiet, subset
+from torch import nn
 
 from opom.attack import FIM, DFANetMI, feature_dropout
 from opom.methods import METHODS
@@ -65,37 +68,53 @@ def _device(surrogates) -> torch.device:
     return next(surrogates[0].buffers(), next(surrogates[0].parameters())).device
 
 
-def bare_seconds(surrogates, images: torch.Tensor, steps: int, clock=time.perf_counter) -> float:
-    """``steps`` bare forward + input-gradient passes of every surrogate over the batch (B*N, 3, H, W)."""
-    device = _device(surrogates)
-    x = images.flatten(0, 1).to(device).float().div(255).requires_grad_(True)
-    _sync(device)
-    start = clock()
-    for _ in range(steps):
-        for surrogate in surrogates:
-            torch.autograd.grad(surrogate(x).sum(), x)
-    _sync(device)
-    return clock() - start
+class PairedPasses(L.Callback):
+    """Before every crafting step, the reference passes on the same images, timed apart from the crafting.
 
+    ``bare``: the bare forward + input gradient of every surrogate, ``autograd.grad(surrogate(x).sum(), x)``.
+    ``own``: the surrogate passes the method itself needs for that step — the clean features' no-grad forward (on
+    the first step, or on every step when the attack recomputes them) and forward + input gradient, both through
+    DFANet's dropout when the attack uses it (without dropout that pass is the bare one, timed once). Every
+    crafting step runs between two such blocks, so crafting and reference see the same machine (other jobs' load,
+    clock drift) to within a step; ``inside`` is the time of the blocks, to take out of the epoch. The dropout
+    draws of ``own`` leave torch's random state as they found it: the crafting's own draws do not change.
+    """
 
-def method_passes_seconds(surrogates, images: torch.Tensor, attack, clock=time.perf_counter) -> float:
-    """The surrogate passes the method itself needs for one batch, with nothing else: the clean features
-    (no-grad forward, once, or at every step when the attack recomputes them) and one forward + input
-    gradient per step, through DFANet's dropout when the attack uses it, for every surrogate."""
-    device = _device(surrogates)
-    x = images.flatten(0, 1).to(device).float().div(255)
-    xg = x.clone().requires_grad_(True)
-    _sync(device)
-    start = clock()
-    for surrogate in surrogates:
-        with feature_dropout(surrogate, attack.dropout):
-            for step in range(attack.iterations):
-                if step == 0 or attack.recompute_clean:
-                    with torch.no_grad():
-                        surrogate(x)
-                torch.autograd.grad(surrogate(xg).sum(), xg)
-    _sync(device)
-    return clock() - start
+    def __init__(self, surrogates, images: torch.Tensor, attack, clock, device: torch.device):
+        self.surrogates, self.attack, self.clock, self.device = surrogates, attack, clock, device
+        self.x = images.flatten(0, 1).to(device).float().div(255)
+        self.xg = self.x.clone().requires_grad_(True)
+        self.bare = self.own = self.inside = 0.0
+
+    def _timed(self, passes) -> float:
+        _sync(self.device)
+        start = self.clock()
+        passes()
+        _sync(self.device)
+        return self.clock() - start
+
+    def _gradients(self) -> None:
+        for surrogate in self.surrogates:
+            torch.autograd.grad(surrogate(self.xg).sum(), self.xg)
+
+    def _clean(self) -> None:
+        with torch.no_grad():
+            for surrogate in self.surrogates:
+                surrogate(self.x)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        start = self.clock()
+        with torch.enable_grad():
+            bare = self._timed(self._gradients)
+            own = bare
+            members = nn.ModuleList(self.surrogates)
+            with torch.random.fork_rng(devices=[]), feature_dropout(members, self.attack.dropout):
+                if batch_idx == 0 or self.attack.recompute_clean:
+                    own += self._timed(self._clean)
+                if self.attack.dropout > 0:
+                    own += self._timed(self._gradients) - bare
+        self.bare, self.own = self.bare + bare, self.own + own
+        self.inside += self.clock() - start
 
 
 class StepParts:
@@ -120,7 +139,7 @@ class StepParts:
 
     def instrument(self, module) -> None:
         self._wrap(module, "training_step", "step")
-        self._wrap(module, "_features", lambda: "forward" if torch.is_grad_enabled() else "clean")
+        self._wrap(module, "_embed", lambda: "forward" if torch.is_grad_enabled() else "clean")
         self._wrap(module, "_loss_and_grad", "loss_and_grad")
         for method in module._methods:
             self._wrap(method, "loss", "loss")
@@ -129,7 +148,8 @@ class StepParts:
 
     def per_step_ms(self, epoch_seconds: float, steps: int) -> dict[str, float]:
         s = self.seconds
-        parts = {"forward": s["forward"], "backward": s["loss_and_grad"] - s["loss"], "clean": s["clean"],
+        parts = {"forward": s["forward"], "backward": s["loss_and_grad"] - s["loss"] - s["forward"],
+                 "clean": s["clean"],
                  "loss": s["loss"], "update": s["update"], "log": s["log"]}
         parts["rest"] = s["step"] - sum(parts.values())
         parts["lightning"] = epoch_seconds - s["step"]
@@ -152,40 +172,34 @@ def measure(name, surrogates, make_method, make_attack, protection, rounds, mode
     attack = make_attack()
     steps = attack.iterations
     images_per_step = protection.num_identities * protection.mask_images.shape[1]
-    masks, parts = [], []
     member = surrogates if len(surrogates) > 1 else surrogates[0]
     device = _device(surrogates)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
+    rows, masks, parts = [], [], []
     try:
         with tempfile.TemporaryDirectory() as logs:
-            def craft():
-                timer = StepParts(clock, device)
-                seconds, m = craft_seconds(member, make_method(), make_attack(), protection,
-                                           protection.num_identities, Path(logs), clock, timer.instrument,
-                                           accelerator)
-                masks.append(m.cpu())
-                parts.append(timer.per_step_ms(seconds, steps))
-                return seconds
-
-            bare_seconds(surrogates, protection.mask_images, 1)  # warm-up (allocator, kernels)
             craft_seconds(member, make_method(), make_attack(), protection, protection.num_identities,
-                          accelerator=accelerator)
-            triples = interleaved(craft, lambda: bare_seconds(surrogates, protection.mask_images, steps, clock),
-                                  lambda: method_passes_seconds(surrogates, protection.mask_images, attack, clock),
-                                  rounds=rounds)
+                          accelerator=accelerator)  # warm-up (allocator, kernels)
+            for _ in range(rounds):
+                timer = StepParts(clock, device)
+                paired = PairedPasses(surrogates, protection.mask_images, attack, clock, device)
+                epoch, m = craft_seconds(member, make_method(), make_attack(), protection, protection.num_identities,
+                                         Path(logs), clock, timer.instrument, accelerator, [paired])
+                crafting = epoch - paired.inside
+                rows.append((crafting, paired.bare, paired.own))
+                masks.append(m.cpu())
+                parts.append(timer.per_step_ms(crafting, steps))
     finally:
         torch.set_num_threads(threads)
-    ratios = [b / c for c, b, _ in triples]
-    best = min(b for _, b, _ in triples) / min(c for c, _, _ in triples)
-    own = median(m / c for c, _, m in triples)
-    craft_ms = median(1000 * c / steps for c, _, _ in triples)
-    bare_ms = median(1000 * b / steps for _, b, _ in triples)
+    ratios = [b / c for c, b, _ in rows]
+    own = median(o / c for c, _, o in rows)
+    craft_ms = median(1000 * c / steps for c, _, _ in rows)
+    bare_ms = median(1000 * b / steps for _, b, _ in rows)
     same = all(torch.equal(masks[0], m) for m in masks[1:])
     label = f"{name} | {make_method().name} + {attack.name}"
     row = (f"| {label} | {mode} | {protection.num_identities} x {protection.mask_images.shape[1]} | {steps} | "
-           f"{steps * images_per_step / (craft_ms * steps / 1000):.1f} | "
-           f"{steps * images_per_step / (bare_ms * steps / 1000):.1f} | **{median(ratios):.3f}** | "
-           f"{min(ratios):.3f} .. {max(ratios):.3f} | {best:.3f} | {own:.3f} | {len(ratios)} | "
+           f"{images_per_step / (craft_ms / 1000):.1f} | {images_per_step / (bare_ms / 1000):.1f} | "
+           f"**{median(ratios):.3f}** | {min(ratios):.3f} .. {max(ratios):.3f} | {own:.3f} | {len(ratios)} | "
            f"{'yes' if same else 'NO'} |")
     breakdown = {k: median(p[k] for p in parts) for k, _ in PARTS}
     brow = (f"| {label} | {mode} | {bare_ms:.1f} | {craft_ms:.1f} | {craft_ms - bare_ms:.1f} | "
@@ -204,7 +218,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check: use --modes wall)")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("crafting_throughput.md"))
     args = ap.parse_args(argv)
-    rounds, modes = args.rounds or 3, [m for m in args.modes.split(",") if m]
+    rounds, modes = args.rounds or 5, [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(CLOCKS)
     if unknown:
         ap.error(f"unknown --modes {sorted(unknown)}; choose from {sorted(CLOCKS)}")
@@ -237,15 +251,14 @@ def main(argv=None) -> int:
     text = (machine_header("Crafting throughput against the surrogate's own forward + backward") + "\n" + summary +
             "Ratio = time of bare `autograd.grad(surrogate(x).sum(), x)` passes (every surrogate of an ensemble) / "
             "time of the full crafting run with the same number of steps on the same images (1.0 = crafting costs "
-            "nothing beyond the surrogate). Median over interleaved rounds; images/s are medians too. `same masks` "
+            "nothing beyond the surrogate), each step of the crafting paired with a bare pass run just before it. "
+            "Median over rounds; images/s are medians too. `same masks` "
             "checks every round crafted identical masks. Clock `wall`: wall time, torch's default threads; `cpu1`: "
             "CPU time of the process on one torch thread (the work, nearly independent of other jobs' load).\n\n"
             "| surrogate | method + attack | clock | identities x images | steps | crafting img/s | "
-            "bare fwd+bwd img/s | ratio (median) | ratio range | best / best | ratio vs the method's own passes | "
-            "rounds | same masks |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+            "bare fwd+bwd img/s | ratio (median) | ratio range | ratio vs the method's own passes | "
+            "rounds | same masks |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n\n"
-            "`best / best` = fastest bare time / fastest crafting time over the rounds: each measured when other jobs "
-            "disturbed it least, the closest this machine gets to an idle one. "
             "`ratio vs the method's own passes` compares with the surrogate passes the method cannot avoid: the "
             "clean features (one no-grad forward per batch; per step for DFANet+MI, which recomputes them through "
             "its dropout, as the reference) and forward + input gradient per step with DFANet's dropout hooks "

@@ -106,10 +106,11 @@ def pipeline_log_every() -> int:
 
 def craft_seconds(surrogate, method, attack, protection, identities_per_batch: int, log_dir: Path | None = None,
                   clock: Callable[[], float] = time.perf_counter, instrument: Callable | None = None,
-                  accelerator: str = "cpu"):
+                  accelerator: str = "cpu", callbacks: list[L.Callback] = ()):
     """Run the crafting exactly as the pipeline does (one Trainer.fit, logging on the pipeline's logging steps)
     and return the epoch's time (``clock``: wall time by default) and the masks. ``instrument(module)`` is called
-    on the crafter before the fit (e.g. to time its parts)."""
+    on the crafter before the fit (e.g. to time its parts); ``callbacks`` join the fit (e.g. to time reference
+    passes between its steps)."""
     from lightning.pytorch.loggers import CSVLogger
 
     from opom.data.protection import ProtectionDataModule
@@ -120,7 +121,7 @@ def craft_seconds(surrogate, method, attack, protection, identities_per_batch: i
         instrument(module)
     timer = EpochTimer(clock)
     logger = CSVLogger(str(log_dir)) if log_dir else False
-    trainer = L.Trainer(max_epochs=1, logger=logger, callbacks=[timer], enable_checkpointing=False,
+    trainer = L.Trainer(max_epochs=1, logger=logger, callbacks=[timer, *callbacks], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         log_every_n_steps=pipeline_log_every(), accelerator=accelerator, devices=1)
     iterations = attack.iterations if method.crafts else 1
