@@ -13,10 +13,9 @@ def _resident_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _write_and_free_big_blocks() -> None:
-    """Three 24 MB tensors, written and freed: like a crafting step's big tensors."""
-    blocks = [torch.empty(6_000_000).fill_(1.0) for _ in range(3)]
-    del blocks
+def _big_blocks() -> list[torch.Tensor]:
+    """Three 24 MB tensors, written: like a crafting step's big tensors."""
+    return [torch.empty(6_000_000).fill_(1.0) for _ in range(3)]
 
 
 @pytest.mark.skipif(allocator._LIBC is None, reason="glibc only")
@@ -24,15 +23,15 @@ def test_freed_big_blocks_stay_for_reuse_inside_and_go_back_after():
     """Outside, glibc gives such blocks back to the kernel when they are freed (each one mapped on its own, or
     72 MB free at the heap's top passing the trim threshold), and the next step faults them in again."""
     with allocator.reuse_freed_memory():
-        before = _resident_mb()
         for _ in range(4):  # the heap grows over the first rounds (glibc places blocks best-fit), then stays
-            _write_and_free_big_blocks()
-        settled = _resident_mb() - before
-        _write_and_free_big_blocks()
-        kept = _resident_mb() - before
-    after = _resident_mb() - before
-    assert kept > 60 and kept - settled < 5  # freed memory stayed, and the last round reused it
-    assert after < kept - 60
+            _big_blocks()
+        blocks = _big_blocks()
+        live = _resident_mb()
+        del blocks
+        freed = _resident_mb()
+    after = _resident_mb()
+    assert live - freed < 5  # freed, the blocks' memory stayed with the process
+    assert freed - after > 60  # and went back to the kernel on leaving
     assert allocator._depth == 0
 
 

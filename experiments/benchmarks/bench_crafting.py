@@ -81,7 +81,7 @@ class PairedPasses(L.Callback):
     """
 
     def __init__(self, surrogates, images: torch.Tensor, attack, clock, device: torch.device):
-        self.surrogates, self.attack, self.clock, self.device = surrogates, attack, clock, device
+        self.surrogates, self.attack, self.clock, self.device = nn.ModuleList(surrogates), attack, clock, device
         self.x = images.flatten(0, 1).to(device).float().div(255)
         self.xg = self.x.clone().requires_grad_(True)
         self.bare = self.own = self.inside = 0.0
@@ -107,8 +107,7 @@ class PairedPasses(L.Callback):
         with torch.enable_grad():
             bare = self._timed(self._gradients)
             own = bare
-            members = nn.ModuleList(self.surrogates)
-            with torch.random.fork_rng(devices=[]), feature_dropout(members, self.attack.dropout):
+            with torch.random.fork_rng(devices=[]), feature_dropout(self.surrogates, self.attack.dropout):
                 if batch_idx == 0 or self.attack.recompute_clean:
                     own += self._timed(self._clean)
                 if self.attack.dropout > 0:

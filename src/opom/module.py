@@ -180,17 +180,20 @@ class MaskCrafter(L.LightningModule):
     def configure_optimizers(self):
         return None  # the attack in ``training_step`` updates the masks
 
-    def _embed(self, network: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """One surrogate's L2-normalised features (B, N, D) of images (B, N, 3, H, W)."""
-        b, n = images.shape[:2]
+    def _network_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, N, 3, H, W) as the surrogates' batch (B*N, 3, H, W), in their memory format."""
         x = images.flatten(0, 1)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return F.normalize(network(x), dim=1).view(b, n, -1)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _embed(self, network: nn.Module, x: torch.Tensor, images: int) -> torch.Tensor:
+        """One surrogate's L2-normalised features (B, N, D) of its batch ``x`` (:meth:`_network_input`) of
+        ``images`` per identity."""
+        return F.normalize(network(x), dim=1).unflatten(0, (-1, images))
 
     def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Every surrogate's L2-normalised features (B, N, D_k)."""
-        return [self._embed(network, images) for network in self._networks]
+        x = self._network_input(images)
+        return [self._embed(network, x, images.shape[1]) for network in self._networks]
 
     def _loss_and_grad(self, seen: torch.Tensor, clean: list[torch.Tensor], iteration: int,
                        x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,10 +201,10 @@ class MaskCrafter(L.LightningModule):
         (``seen``: ``x_adv`` or its random transforms): one surrogate's loss, or the ensemble's combination (see
         the class docstring). The members run one after the other — forward, loss and input gradient — so only
         one member's graph is in memory at a time."""
-        count = len(self._networks)
+        count, x = len(self._networks), self._network_input(seen)
         losses = grad = None
         for k, (network, method, anchors) in enumerate(zip(self._networks, self._methods, clean, strict=True)):
-            adv = self._embed(network, seen)
+            adv = self._embed(network, x, seen.shape[1])
             term = method.loss(adv, anchors, iteration)
             if count > 1 and self.ensemble == "distance":
                 term = term * (adv.shape[-1] / count)
