@@ -68,6 +68,7 @@ bench: $(VENV)/.dev $(PHOTOS)/.done $(MODELS)/.done ## run the benchmarks (BENCH
 	$(PY) experiments/benchmarks/bench_gallery.py --sizes $(GALLERY_SIZES) --out experiments/benchmarks/eval_gallery.md
 	$(PY) experiments/benchmarks/bench_projection.py $(BENCH_FLAGS)
 	$(PY) experiments/benchmarks/bench_crafting.py $(BENCH_FLAGS)
+	$(PY) experiments/benchmarks/bench_update_floor.py
 	$(PY) experiments/benchmarks/bench_crafting_options.py $(BENCH_FLAGS)
 	$(PY) experiments/benchmarks/bench_batching.py $(BENCH_FLAGS)
 	$(PY) experiments/benchmarks/bench_memory.py $(BENCH_FLAGS)

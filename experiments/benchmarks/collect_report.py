@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["projection.md", "crafting_throughput.md", "crafting_options.md", "identity_batching.md",
-         "crafting_memory.md", "eval_gallery.md", "cloak_throughput.md"]
+ORDER = ["projection.md", "crafting_throughput.md", "update_floor.md", "crafting_options.md",
+         "identity_batching.md", "crafting_memory.md", "eval_gallery.md", "cloak_throughput.md"]
 
 
 def _demote(text: str) -> str:
