@@ -40,20 +40,18 @@ import argparse
 import copy
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import lightning as L
 import torch
-from benchlib import craft_seconds, default_world, machine_header, median, quiet, subset
+from benchlib import clock_of, craft_seconds, default_world, machine_header, median, parse_modes, quiet, subset
 from torch import nn
 
 from opom.attack import FIM, DFANetMI, feature_dropout
 from opom.methods import METHODS
 from opom.models.zoo import ZOO, FaceModel
 
-CLOCKS = {"wall": time.perf_counter, "cpu1": time.process_time}
 PARTS = [("forward", "forward (perturbed)"), ("backward", "loss backward + surrogate backward"),
          ("clean", "clean features"), ("loss", "loss + projection"), ("update", "update + write-back"),
          ("log", "logging"), ("rest", "rest of the step"), ("lightning", "Lightning loop + data")]
@@ -165,9 +163,6 @@ def random_init(arch: str) -> FaceModel:
 
 
 def measure(name, surrogates, make_method, make_attack, protection, rounds, mode):
-    clock, threads = CLOCKS[mode], torch.get_num_threads()
-    if mode == "cpu1":
-        torch.set_num_threads(1)
     attack = make_attack()
     steps = attack.iterations
     images_per_step = protection.num_identities * protection.mask_images.shape[1]
@@ -175,7 +170,7 @@ def measure(name, surrogates, make_method, make_attack, protection, rounds, mode
     device = _device(surrogates)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     rows, masks, parts = [], [], []
-    try:
+    with clock_of(mode) as clock:
         with tempfile.TemporaryDirectory() as logs:
             craft_seconds(member, make_method(), make_attack(), protection, protection.num_identities,
                           accelerator=accelerator)  # warm-up (allocator, kernels)
@@ -188,8 +183,6 @@ def measure(name, surrogates, make_method, make_attack, protection, rounds, mode
                 rows.append((crafting, paired.bare, paired.own))
                 masks.append(m.cpu())
                 parts.append(timer.per_step_ms(crafting, steps))
-    finally:
-        torch.set_num_threads(threads)
     ratios = [b / c for c, b, _ in rows]
     own = median(o / c for c, _, o in rows)
     craft_ms = median(1000 * c / steps for c, _, _ in rows)
@@ -217,10 +210,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check: use --modes wall)")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("crafting_throughput.md"))
     args = ap.parse_args(argv)
-    rounds, modes = args.rounds or 5, [m for m in args.modes.split(",") if m]
-    unknown = set(modes) - set(CLOCKS)
-    if unknown:
-        ap.error(f"unknown --modes {sorted(unknown)}; choose from {sorted(CLOCKS)}")
+    rounds, modes = args.rounds or 5, parse_modes(ap, args.modes)
     if args.device != "cpu" and "cpu1" in modes:
         ap.error("--modes cpu1 times the CPU; on a GPU use --modes wall")
     quiet()

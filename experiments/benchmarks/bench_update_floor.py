@@ -26,15 +26,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
-from benchlib import default_world, machine_header, median, quiet, subset
+from benchlib import clock_of, default_world, interleaved, machine_header, median, parse_modes, quiet, subset
 
 from opom.attack import FIM
-
-CLOCKS = {"wall": time.perf_counter, "cpu1": time.process_time}
 
 
 def fused_fim(step: float, eps: float):
@@ -63,56 +60,45 @@ def timed(clock, fn) -> float:
 
 
 def measure(surrogate, images: torch.Tensor, rounds: int, mode: str) -> dict[str, float | bool | None]:
-    clock, threads = CLOCKS[mode], torch.get_num_threads()
-    if mode == "cpu1":
-        torch.set_num_threads(1)
-    try:
-        attack = FIM()
-        x = images.float() / 255.0
-        eager, fused_state = attack.init_state(x), attack.init_state(x)
-        grad = torch.randn_like(x)
-        masks, fused_masks = torch.empty(x.shape[0], *x.shape[2:]), torch.empty(x.shape[0], *x.shape[2:])
-        fused = fused_fim(attack.step, attack.eps)
-        flat = x.flatten(0, 1)
-        leaf = flat.clone().requires_grad_(True)
-        floor_out = torch.empty_like(x)
-        same = True
+    attack = FIM()
+    x = images.float() / 255.0
+    eager, fused_state = attack.init_state(x), attack.init_state(x)
+    grad = torch.randn_like(x)
+    masks, fused_masks = torch.empty(x.shape[0], *x.shape[2:]), torch.empty(x.shape[0], *x.shape[2:])
+    fused = fused_fim(attack.step, attack.eps)
+    flat = x.flatten(0, 1)
+    leaf = flat.clone().requires_grad_(True)
+    floor_out = torch.empty_like(x)
+    same = True
 
-        def bare():
-            torch.autograd.grad(surrogate(leaf).sum(), leaf)
+    def bare():
+        torch.autograd.grad(surrogate(leaf).sum(), leaf)
 
-        def clean():
-            with torch.no_grad():
-                surrogate(flat)
+    def clean():
+        with torch.no_grad():
+            surrogate(flat)
 
-        def update():
-            attack.update(eager, grad, out=masks)
+    def update():
+        attack.update(eager, grad, out=masks)
 
-        def fused_update():
-            fused(fused_state.x_adv, fused_state.x, grad, fused_masks)
+    def fused_update():
+        fused(fused_state.x_adv, fused_state.x, grad, fused_masks)
 
-        def floor():
-            torch.add(x, grad, out=floor_out)
+    def floor():
+        torch.add(x, grad, out=floor_out)
 
-        measures = [lambda f=f: timed(clock, f) for f in (bare, clean, update, floor)]
+    def new_round():  # both updates took one step from equal states with the same gradient: check, draw the next
+        nonlocal same
         if fused is not None:
-            measures.append(lambda: timed(clock, fused_update))
-        for f in (bare, clean, update, floor):  # warm-up
+            same = same and torch.equal(masks, fused_masks) and torch.equal(eager.x_adv, fused_state.x_adv)
+        grad.normal_()
+
+    passes = [bare, clean, update, floor] + ([fused_update] if fused is not None else [])
+    with clock_of(mode) as clock:
+        for f in passes:  # warm-up
             f()
-        if fused is not None:
-            fused_update()
-        rows = []
-        for r in range(rounds):  # a round: both updates take one step from equal states with the same gradient
-            grad.normal_()
-            row = [0.0] * len(measures)
-            for j in range(len(measures)):  # the order rotates round by round: drifting load hits all alike
-                i = (r + j) % len(measures)
-                row[i] = measures[i]()
-            rows.append(row)
-            if fused is not None:
-                same = same and torch.equal(masks, fused_masks) and torch.equal(eager.x_adv, fused_state.x_adv)
-    finally:
-        torch.set_num_threads(threads)
+        rows = interleaved(*[lambda f=f: timed(clock, f) for f in passes], rounds=rounds, before_round=new_round)
+        new_round()  # the last round's check
     result = {name: median(r[i] for r in rows) for i, name in enumerate(("bare", "clean", "update", "floor"))}
     result["clean"] /= attack.iterations
     result["fused"] = median(r[4] for r in rows) if fused is not None else None
@@ -129,10 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--identities", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("update_floor.md"))
     args = ap.parse_args(argv)
-    modes = [m for m in args.modes.split(",") if m]
-    unknown = set(modes) - set(CLOCKS)
-    if unknown:
-        ap.error(f"unknown --modes {sorted(unknown)}; choose from {sorted(CLOCKS)}")
+    modes = parse_modes(ap, args.modes)
     quiet()
     _, protection, surrogate = default_world()
     surrogate.eval().requires_grad_(False)  # frozen, as the crafter runs it: the bare pass is input-gradient only
@@ -150,8 +133,8 @@ def main(argv=None) -> int:
             f"**Ceiling of crafting / bare forward + backward on this machine: {' / '.join(ceilings)} "
             "(target >= 0.95), with nothing but the clean features and the update beyond the bare pass.**\n\n"
             f"Default surrogate (small_resnet), {args.identities} identities x {images.shape[1]} images, FIM "
-            f"(16 iterations); ms per step, median of {args.rounds} interleaved rounds. `ceiling` = bare / (bare + "
-            "clean per step + the faster update): the best ratio of bench_crafting.py if the "
+            f"({FIM().iterations} iterations); ms per step, median of {args.rounds} interleaved rounds. `ceiling` = "
+            "bare / (bare + clean per step + the faster update): the best ratio of bench_crafting.py if the "
             "projection, Lightning's loop, logging and bookkeeping cost nothing. See the script's docstring.\n\n"
             "| clock | bare fwd + bwd | clean features per step | update (eager, as crafted) | "
             "update fused (torch.compile) | fused == eager | traffic floor | ceiling |\n"

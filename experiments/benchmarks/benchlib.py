@@ -5,6 +5,8 @@ Imported by the ``bench_*.py`` scripts next to it (run them from the repository 
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -17,6 +19,9 @@ import lightning as L
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
+# ``wall``: wall time, torch's default threads; ``cpu1``: the process's CPU time on one torch thread (the work,
+# nearly independent of other jobs' load).
+CLOCKS = {"wall": time.perf_counter, "cpu1": time.process_time}
 
 
 def cpu_name() -> str:
@@ -129,12 +134,36 @@ def craft_seconds(surrogate, method, attack, protection, identities_per_batch: i
     return timer.seconds, module.masks.detach().clone()
 
 
-def interleaved(*measures: Callable[[], float], rounds: int) -> list[tuple]:
+def parse_modes(ap: argparse.ArgumentParser, text: str) -> list[str]:
+    """The comma-separated clocks of ``--modes`` (keys of :data:`CLOCKS`); an unknown one is a usage error."""
+    modes = [m for m in text.split(",") if m]
+    unknown = set(modes) - set(CLOCKS)
+    if unknown:
+        ap.error(f"unknown --modes {sorted(unknown)}; choose from {sorted(CLOCKS)}")
+    return modes
+
+
+@contextlib.contextmanager
+def clock_of(mode: str):
+    """The clock of ``mode`` (:data:`CLOCKS`); for ``cpu1`` torch runs on one thread until the block ends."""
+    threads = torch.get_num_threads()
+    if mode == "cpu1":
+        torch.set_num_threads(1)
+    try:
+        yield CLOCKS[mode]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def interleaved(*measures: Callable[[], float], rounds: int,
+                before_round: Callable[[], None] | None = None) -> list[tuple]:
     """``rounds`` tuples of the measures' results, the order rotating every round, so that load from other
-    jobs hits every measure alike."""
+    jobs hits every measure alike. ``before_round`` (untimed) runs at the start of every round."""
     results = []
     k = len(measures)
     for r in range(rounds):
+        if before_round is not None:
+            before_round()
         out = [0.0] * k
         for j in range(k):
             i = (r + j) % k
